@@ -1,0 +1,37 @@
+# jit-ffcv: one entry point for set-up, tests, demo and benchmark.
+# `make install` works on a fresh Debian/Ubuntu machine as root and is idempotent.
+# TORCH: the torch requirement installed first; the default is the CPU build.
+#   CUDA users: make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+TORCH   ?= torch==2.13.0
+APT_PKGS := pkg-config libopencv-dev libturbojpeg0-dev
+STAMP   := $(VENV)/.jit-ffcv-installed
+
+.PHONY: install system-deps test demo bench clean
+
+install: system-deps $(STAMP)
+
+system-deps:
+	@if dpkg -s $(APT_PKGS) >/dev/null 2>&1; then echo "system packages present: $(APT_PKGS)"; \
+	else apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PKGS); fi
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[dev,bench]"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(VENV)/bin/jit-ffcv demo
+
+bench: install
+	$(VENV)/bin/jit-ffcv bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

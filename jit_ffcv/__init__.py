@@ -1,0 +1,41 @@
+"""jit-ffcv: FFCV loading for JiT, with the reference crop baked in once.
+
+The public surface is listed in ``__all__``. Names are imported lazily (PEP 562)
+so that light users (the writer's worker processes, ``jit-ffcv info``) do not
+pay for importing torch, Lightning and FFCV.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "center_crop_arr": "jit_ffcv.crop",
+    "JiTDataModule": "jit_ffcv.datamodule",
+    "create_jit_datamodule": "jit_ffcv.datamodule",
+    "QuasiRandomOrder": "jit_ffcv.order",
+    "RandomOrder": "jit_ffcv.order",
+    "SequentialOrder": "jit_ffcv.order",
+    "SeededHorizontalFlip": "jit_ffcv.ops",
+    "FlipDecoder": "jit_ffcv.ops",
+    "write_beton": "writers.beton",
+    "read_metadata": "writers.metadata",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first use."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'jit_ffcv' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

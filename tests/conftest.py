@@ -1,0 +1,57 @@
+"""Shared fixtures: one synthetic ImageFolder and its betons, written once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jit_ffcv.synthetic import SyntheticFolder, make_image_folder
+from writers.beton import write_split
+
+SHARED_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-sample"
+SMALL = 64  # crop size used for the synthetic betons: small enough to keep tests fast
+
+
+def shared_sample() -> Path:
+    """The real ImageNet sample beside the checkout; tests that need it skip (with reason) without it."""
+    root = Path(os.environ.get("JIT_FFCV_SAMPLE", SHARED_SAMPLE))
+    if not (root / "train").is_dir():
+        pytest.skip(f"real ImageNet sample not found at {root}/train (set JIT_FFCV_SAMPLE)")
+    return root
+
+
+def read_beton(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """All images (N,H,W,3 uint8) and labels of a beton, in stored order, via FFCV's Loader."""
+    from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.reader import Reader
+
+    n = int(Reader(str(path)).num_samples)
+    loader = Loader(
+        str(path), batch_size=n, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
+        pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()]},
+    )
+    (images, labels), = list(loader)
+    return np.array(images), np.array(labels).reshape(-1)
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> SyntheticFolder:
+    return make_image_folder(tmp_path_factory.mktemp("imagefolder"))
+
+
+@pytest.fixture(scope="session")
+def raw_beton(synthetic: SyntheticFolder) -> Path:
+    out = synthetic.root / "ffcv" / f"train_{SMALL}_raw.beton"
+    write_split(synthetic.root, "train", out, img_size=SMALL, mode="raw", num_workers=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def jpg_beton(synthetic: SyntheticFolder) -> Path:
+    out = synthetic.root / "ffcv" / f"train_{SMALL}_jpg90.beton"
+    write_split(synthetic.root, "train", out, img_size=SMALL, mode="jpg", quality=90, num_workers=2, progress=False)
+    return out

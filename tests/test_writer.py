@@ -1,0 +1,160 @@
+"""The writer: ImageFolder -> beton, exact pixels, ImageFolder indices, bad input, atomicity."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jit_ffcv.synthetic import SyntheticFolder, make_image_folder
+from tests.conftest import SMALL, read_beton, shared_sample
+from writers.beton import BadImageError, write_split
+from writers.encode import crop_file
+from writers.folder import DatasetLayoutError
+from writers.metadata import BetonMismatchError, read_metadata, sidecar_path
+
+EXTS = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
+
+
+def expected_samples(split_dir: Path, classes: list[str] | None = None) -> list[tuple[str, int]]:
+    """ImageFolder's (path, index) list, recomputed independently of writers.folder."""
+    classes = classes or sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    out = []
+    for idx, name in enumerate(classes):
+        if (split_dir / name).is_dir():
+            files = sorted(p for p in (split_dir / name).rglob("*") if p.is_file() and p.suffix.lower() in EXTS)
+            out += [(str(p), idx) for p in files]
+    return out
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def test_raw_is_bit_exact_and_labels_follow_imagefolder(synthetic: SyntheticFolder, raw_beton: Path) -> None:
+    images, labels = read_beton(raw_beton)
+    expected = [(p, c) for p, c in expected_samples(synthetic.root / "train") if p not in synthetic.broken]
+    assert len(images) == len(expected) == 20
+    assert labels.tolist() == [c for _, c in expected]
+    for img, (path, _) in zip(images, expected):
+        np.testing.assert_array_equal(img, crop_file(path, SMALL), err_msg=path)
+
+
+def test_bad_files_are_reported_exactly(synthetic: SyntheticFolder, raw_beton: Path) -> None:
+    meta = read_metadata(raw_beton)
+    assert sorted(s["path"] for s in meta.skipped) == synthetic.broken
+    assert meta.ignored == synthetic.non_images
+    assert meta.num_samples == 20 and meta.class_counts == [5, 5, 5, 5]
+    assert meta.classes == synthetic.classes and meta.mode == "raw" and meta.quality is None
+
+
+def test_jpg_quality_floor(synthetic: SyntheticFolder, jpg_beton: Path) -> None:
+    images, labels = read_beton(jpg_beton)
+    expected = [(p, c) for p, c in expected_samples(synthetic.root / "train") if p not in synthetic.broken]
+    assert labels.tolist() == [c for _, c in expected]
+    scores = [psnr(img, crop_file(path, SMALL)) for img, (path, _) in zip(images, expected)]
+    assert min(scores) > 30.0, scores
+    meta = read_metadata(jpg_beton)
+    assert meta.quality == 90 and meta.num_workers == 2
+
+
+def test_val_keeps_train_indices(synthetic: SyntheticFolder, tmp_path: Path) -> None:
+    out = tmp_path / "val.beton"
+    meta = write_split(synthetic.root, "val", out, img_size=32, mode="raw", num_workers=0, progress=False)
+    _, labels = read_beton(out)
+    expected = expected_samples(synthetic.root / "val", classes=synthetic.classes)
+    assert labels.tolist() == [c for _, c in expected]
+    assert set(labels.tolist()) == {0, 2}  # val holds classes 0 and 2 only; indices are train's
+    assert meta.classes == synthetic.classes and meta.class_counts == [2, 0, 2, 0]
+
+
+def test_val_class_unknown_to_train_is_an_error(tmp_path: Path) -> None:
+    s = make_image_folder(tmp_path, num_classes=2, per_class=1, broken=False)
+    extra = s.root / "val" / "zzz_extra"
+    extra.mkdir(parents=True)
+    (extra / "a.png").write_bytes((s.root / "val" / s.classes[0]).glob("*").__next__().read_bytes())
+    with pytest.raises(DatasetLayoutError, match="zzz_extra"):
+        write_split(s.root, "val", tmp_path / "v.beton", img_size=32, mode="raw", num_workers=0, progress=False)
+
+
+@pytest.mark.parametrize(
+    "layout, match",
+    [("missing", "Dataset folder not found"), ("no_classes", "Couldn't find any class folder"),
+     ("empty_class", "Found no valid file in .*empty_class")],
+)
+def test_layout_errors_name_the_path(tmp_path: Path, layout: str, match: str) -> None:
+    if layout != "missing":
+        (tmp_path / "train").mkdir()
+    if layout == "empty_class":
+        make_image_folder(tmp_path, num_classes=1, per_class=1, broken=False, val=False)
+        (tmp_path / "train" / "empty_class").mkdir()
+        (tmp_path / "train" / "empty_class" / "notes.txt").write_text("x")
+    with pytest.raises(DatasetLayoutError, match=match):
+        write_split(tmp_path, "train", tmp_path / "x.beton", img_size=32, mode="raw", num_workers=0, progress=False)
+
+
+def test_strict_fails_and_leaves_nothing(synthetic: SyntheticFolder, tmp_path: Path) -> None:
+    out = tmp_path / "strict.beton"
+    with pytest.raises(BadImageError, match="zz_truncated"):
+        write_split(synthetic.root, "train", out, img_size=32, mode="raw", num_workers=0, strict=True, progress=False)
+    assert os.listdir(tmp_path) == []  # no beton, no sidecar, no partial file
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"img_size": 16}, "img_size"), ({"mode": "png"}, "mode"), ({"quality": 0}, "quality"),
+     ({"num_workers": -1}, "num_workers")],
+)
+def test_bad_options_fail_before_any_work(synthetic: SyntheticFolder, tmp_path: Path, kwargs: dict, match: str) -> None:
+    args = {"img_size": 32, "mode": "raw", "num_workers": 0, "progress": False} | kwargs
+    with pytest.raises(ValueError, match=match):
+        write_split(synthetic.root, "train", tmp_path / "x.beton", **args)
+    assert not (tmp_path / "x.beton").exists()
+
+
+def test_metadata_refuses_other_settings(raw_beton: Path, synthetic: SyntheticFolder) -> None:
+    meta = read_metadata(raw_beton)
+    meta.check_matches(img_size=SMALL, mode="raw", classes=synthetic.classes)
+    with pytest.raises(BetonMismatchError, match="img_size=64 but 256"):
+        meta.check_matches(img_size=256)
+    with pytest.raises(BetonMismatchError, match="mode='raw' but 'jpg'"):
+        meta.check_matches(mode="jpg", quality=90)
+    with pytest.raises(BetonMismatchError, match="classes"):
+        meta.check_matches(classes=synthetic.classes[:-1])
+    assert json.loads(sidecar_path(raw_beton).read_text())["crop"] == "adm_center_crop_arr"
+
+
+def test_cli_write_and_info(synthetic: SyntheticFolder, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from jit_ffcv.cli import main
+
+    out = tmp_path / "cli.beton"
+    argv = ["write", "--data-path", str(synthetic.root), "--img-size", "32", "--mode", "jpg", "--quality", "95",
+            "--num-workers", "1", "--limit", "7", "--out", str(out)]
+    assert main(argv) == 0
+    assert "wrote 6 images" in capsys.readouterr().out  # 7 files, one of them truncated
+    assert main(["info", str(out), "--verify"]) == 0
+    text = capsys.readouterr().out
+    assert "samples:      6 (metadata: 6)" in text and "(verified)" in text and "zz_truncated" in text
+
+
+def test_real_imagenet_sample(tmp_path: Path) -> None:
+    root = shared_sample()
+    expected = expected_samples(root / "train")
+    assert len(expected) == 300
+    raw = tmp_path / "raw.beton"
+    jpg = tmp_path / "jpg.beton"
+    write_split(root, "train", raw, img_size=256, mode="raw", num_workers=2, progress=False)
+    write_split(root, "train", jpg, img_size=256, mode="jpg", quality=90, num_workers=2, progress=False)
+    raw_images, raw_labels = read_beton(raw)
+    jpg_images, jpg_labels = read_beton(jpg)
+    assert raw_labels.tolist() == jpg_labels.tolist() == [c for _, c in expected] == list(range(300))
+    scores = []
+    for i, (path, _) in enumerate(expected):
+        ref = crop_file(path, 256)
+        np.testing.assert_array_equal(raw_images[i], ref, err_msg=path)
+        scores.append(psnr(jpg_images[i], ref))
+    assert min(scores) > 26.0 and float(np.mean(scores)) > 34.0, (min(scores), np.mean(scores))

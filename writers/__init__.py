@@ -1,0 +1,1 @@
+"""Writers: turn an ImageFolder into FFCV ``.beton`` files of pre-cropped images."""

@@ -1,0 +1,64 @@
+"""Per-image work of the writer: decode, convert to RGB, ADM crop, encode.
+
+Runs in the writer's worker processes, so it imports only Pillow and NumPy
+(no torch, no FFCV): spawned workers start in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from jit_ffcv.crop import center_crop_arr
+
+MODES: tuple[str, ...] = ("raw", "jpg")
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One processed sample: the stored bytes, or the reason it was skipped."""
+
+    index: int
+    label: int
+    payload: bytes | None
+    error: str | None = None
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Open an image file as RGB, as torchvision's ``pil_loader`` does."""
+    with open(path, "rb") as f:
+        img = Image.open(f)
+        return img.convert("RGB")
+
+
+def crop_file(path: str, img_size: int) -> np.ndarray:
+    """The reference pixels of one file: ``center_crop_arr(load_rgb(path))`` as HWC uint8."""
+    return np.asarray(center_crop_arr(load_rgb(path), img_size))
+
+
+def encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
+    """Baseline JPEG (4:2:0, libjpeg-turbo via Pillow) of an RGB array."""
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def encode_file(index: int, path: str, label: int, img_size: int, mode: str, quality: int) -> Encoded:
+    """Crop and encode one file; any decoding error becomes ``Encoded.error``."""
+    try:
+        pixels = crop_file(path, img_size)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, never fatal here
+        return Encoded(index, label, None, f"{type(exc).__name__}: {exc}")
+    payload = pixels.tobytes() if mode == "raw" else encode_jpeg(pixels, quality)
+    return Encoded(index, label, payload)
+
+
+def encode_chunk(
+    tasks: Sequence[tuple[int, str, int]], img_size: int, mode: str, quality: int
+) -> list[Encoded]:
+    """Worker entry point: encode a chunk of ``(index, path, label)`` tasks in order."""
+    return [encode_file(i, path, label, img_size, mode, quality) for i, path, label in tasks]
