@@ -61,7 +61,9 @@ def _encoded_in_order(
         for chunk in chunks:
             yield from encode_chunk(chunk, img_size, mode, quality)
         return
-    ctx = multiprocessing.get_context("spawn")
+    # fork: workers start instantly and never re-import the caller's script (spawn would
+    # re-run an unguarded one); they only use Pillow/NumPy, so inherited threads are harmless.
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     with ProcessPoolExecutor(max_workers=num_workers, mp_context=ctx) as pool:
         pending: deque[Future[list[Encoded]]] = deque()
         todo = iter(chunks)

@@ -1,7 +1,7 @@
 """Per-image work of the writer: decode, convert to RGB, ADM crop, encode.
 
 Runs in the writer's worker processes, so it imports only Pillow and NumPy
-(no torch, no FFCV): spawned workers start in a fraction of a second.
+(no torch, no FFCV), which keeps worker processes light.
 """
 
 from __future__ import annotations

@@ -1,0 +1,345 @@
+"""``JiTDataModule``: the Lightning face of jit-ffcv.
+
+``prepare_data`` writes missing betons (once, on rank 0), ``setup`` opens their
+metadata and refuses ones that do not match, the ``*_dataloader`` hooks build
+FFCV loaders with a distributed-aware order and seeded, numba-compiled flips.
+Batches are ``(images, labels)``: uint8 ``(B, 3, H, W)`` in [0, 255] (a drop-in
+for ``PILToTensor``) or, with ``output="float"``, float32 ``x / 255 * 2 - 1`` on
+the target device (what JiT feeds its model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from ffcv.fields.basics import IntDecoder
+from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+from ffcv.pipeline.operation import Operation
+from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
+
+from jit_ffcv.crop import center_crop_arr
+from jit_ffcv.loader import JiTLoader
+from jit_ffcv.ops import EpochCell, FlipDecoder, ToUnitRange
+from jit_ffcv.order import QuasiRandomOrder, RandomOrder, SequentialOrder
+from writers.beton import DEFAULT_QUALITY, write_split
+from writers.metadata import BetonMetadata, read_metadata, verify_file
+
+__all__ = ["JiTDataModule", "create_jit_datamodule", "center_crop_arr", "beton_name"]
+
+Order = Literal["quasi_random", "random", "sequential"]
+_ORDERS = {"quasi_random": QuasiRandomOrder, "random": RandomOrder, "sequential": SequentialOrder}
+_OUTPUTS = ("uint8", "float")
+_MODES = ("jpg", "raw")
+
+
+def beton_name(split: str, img_size: int, mode: str, quality: int) -> str:
+    """Default file name of a beton, e.g. ``train_256_jpg90.beton`` or ``val_512_raw.beton``."""
+    return f"{split}_{img_size}_{mode}{quality if mode == 'jpg' else ''}.beton"
+
+
+@dataclass(frozen=True)
+class _World:
+    num_replicas: int
+    rank: int
+
+
+def _choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    if not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+class JiTDataModule(pl.LightningDataModule):
+    """FFCV data for JiT on ImageNet-style folders (see the README for every option).
+
+    Args:
+        data_path: dataset root with ``train/<class>/<img>`` and optionally ``val/``.
+        img_size: crop size (the ADM crop is applied once, when the beton is written).
+        batch_size: per-device batch size.
+        num_workers: decoding threads per process (FFCV uses threads, not processes).
+        pin_memory: kept for API compatibility; FFCV pins its buffers whenever CUDA is present.
+        num_replicas, rank: sharding; by default from ``torch.distributed``, else the Trainer.
+        beton_dir: where betons live (default ``data_path/ffcv``; set it for read-only datasets).
+        train_beton, val_beton: explicit beton paths (override ``beton_dir`` naming).
+        mode, quality: how missing betons are written (``jpg`` with JPEG ``quality``, or ``raw``).
+        order: ``quasi_random`` (page-local, default), ``random`` or ``sequential``.
+        os_cache: let the OS page cache hold the beton (True) or FFCV's bounded process cache.
+        seed: seed of the order and of the flips (both are functions of seed, epoch, index).
+        drop_last: drop the last partial batch of each epoch (JiT's ``DataLoader(drop_last=True)``).
+        sampler_drop_last: DistributedSampler's ``drop_last``: N//W samples per rank instead of padding.
+        batches_ahead: batches FFCV prepares in advance.
+        flip_prob: probability of a horizontal flip (train only).
+        output: ``uint8`` NCHW in [0, 255] or ``float`` (x/255*2-1) on ``device``.
+        device: target device of the batches; default: the Trainer's, else CUDA if present, else CPU.
+        write_workers: processes used by ``prepare_data`` to write missing betons (default: all cores).
+        buffer_pages: pages in the quasi-random rolling buffer (default 2 * batch_size, as FFCV).
+    """
+
+    def __init__(
+        self,
+        data_path: str = "./data/imagenet",
+        img_size: int = 256,
+        batch_size: int = 128,
+        num_workers: int = 12,
+        pin_memory: bool = True,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        *,
+        beton_dir: str | None = None,
+        train_beton: str | None = None,
+        val_beton: str | None = None,
+        mode: Literal["jpg", "raw"] = "jpg",
+        quality: int = DEFAULT_QUALITY,
+        order: Order = "quasi_random",
+        os_cache: bool = True,
+        seed: int = 0,
+        drop_last: bool = True,
+        sampler_drop_last: bool = False,
+        batches_ahead: int = 3,
+        flip_prob: float = 0.5,
+        output: Literal["uint8", "float"] = "uint8",
+        device: str | None = None,
+        write_workers: int | None = None,
+        buffer_pages: int | None = None,
+    ) -> None:
+        super().__init__()
+        _at_least("img_size", img_size, 32)
+        _at_least("batch_size", batch_size, 1)
+        _at_least("num_workers", num_workers, 1)
+        _at_least("batches_ahead", batches_ahead, 1)
+        _at_least("seed", seed, 0)
+        _choice("mode", mode, _MODES)
+        _choice("order", order, tuple(_ORDERS))
+        _choice("output", output, _OUTPUTS)
+        if not 0.0 <= flip_prob <= 1.0:
+            raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob!r}")
+        if num_replicas is not None:
+            _at_least("num_replicas", num_replicas, 1)
+        if rank is not None and not (isinstance(rank, int) and 0 <= rank < (num_replicas or rank + 1)):
+            raise ValueError(f"rank must be an integer in [0, num_replicas={num_replicas}), got {rank!r}")
+        self.save_hyperparameters()
+        self.data_path = Path(data_path)
+        self.img_size = img_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.beton_dir = Path(beton_dir) if beton_dir else self.data_path / "ffcv"
+        self.mode = mode
+        self.quality = quality
+        self.order = order
+        self.os_cache = os_cache
+        self.seed = seed
+        self.drop_last = drop_last
+        self.sampler_drop_last = sampler_drop_last
+        self.batches_ahead = batches_ahead
+        self.flip_prob = flip_prob
+        self.output = output
+        self.device = device
+        self.write_workers = write_workers
+        self.buffer_pages = buffer_pages
+        self._paths = {
+            "train": Path(train_beton) if train_beton else self.beton_dir / beton_name("train", img_size, mode, quality),
+            "val": Path(val_beton) if val_beton else self.beton_dir / beton_name("val", img_size, mode, quality),
+        }
+        self._meta: dict[str, BetonMetadata] = {}
+        self._epoch: int | None = None
+        self._train_loader: JiTLoader | None = None
+
+    # ------------------------------------------------------------------ paths
+    def beton_path(self, split: str) -> Path:
+        """Path of the beton used for ``split`` (``train`` or ``val``)."""
+        return self._paths[split]
+
+    def _has_val_source(self) -> bool:
+        return (self.data_path / "val").is_dir()
+
+    def _splits(self) -> list[str]:
+        """Splits available: train always, val when its folder or beton exists."""
+        return ["train"] + (["val"] if self._has_val_source() or self._paths["val"].exists() else [])
+
+    # ------------------------------------------------------------ Lightning hooks
+    def prepare_data(self) -> None:
+        """Write the betons that do not exist yet (Lightning runs this once, on rank 0)."""
+        for split in self._splits():
+            path = self._paths[split]
+            if path.exists():
+                continue
+            if not (self.data_path / split).is_dir():
+                raise FileNotFoundError(
+                    f"{path} does not exist and there is no {self.data_path / split} to write it from; "
+                    f"set data_path to the dataset root or {split}_beton to an existing beton"
+                )
+            write_split(
+                self.data_path, split, path, img_size=self.img_size, mode=self.mode, quality=self.quality,
+                num_workers=self.write_workers if self.write_workers is not None else os.cpu_count() or 1,
+                progress=True,
+            )
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read and check the betons' metadata; refuse betons written with other settings."""
+        for split in self._splits():
+            path = self._paths[split]
+            if not path.exists():
+                raise FileNotFoundError(f"{path} not found: call prepare_data() first (Trainer.fit does)")
+            meta = read_metadata(path)
+            classes = self._meta["train"].classes if split == "val" else None
+            meta.check_matches(img_size=self.img_size, mode=self.mode, quality=self.quality, classes=classes)
+            verify_file(path, meta)
+            self._meta[split] = meta
+
+    # ------------------------------------------------------------------ world
+    def _world(self) -> _World:
+        """Explicit arguments win, else torch.distributed, else the attached Trainer, else 1 process."""
+        world, rank = 1, 0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+        elif self.trainer is not None:
+            world, rank = self.trainer.world_size, self.trainer.global_rank
+        world = self.num_replicas if self.num_replicas is not None else world
+        rank = self.rank if self.rank is not None else rank
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is outside [0, num_replicas={world})")
+        return _World(world, rank)
+
+    def _target_device(self) -> torch.device | None:
+        """Device the batches end on; ``None`` keeps uint8 batches on the CPU."""
+        if self.device is not None:
+            return torch.device(self.device)
+        if self.output == "uint8":
+            return None
+        if self.trainer is not None:
+            return self.trainer.strategy.root_device
+        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+    # ------------------------------------------------------------- pipelines
+    def _get_train_transforms(self, epoch_cell: EpochCell) -> list[Operation]:
+        """Image ops of the train pipeline, decoder first; override to add your own numba ops.
+
+        Everything returned runs on HWC uint8 numpy images; the tensor conversion and
+        device transfer are appended by the DataModule.
+        """
+        return [FlipDecoder(flip_prob=self.flip_prob, seed=self.seed, epoch_cell=epoch_cell)]
+
+    def _get_val_transforms(self, epoch_cell: EpochCell) -> list[Operation]:
+        """Image ops of the val pipeline: decode only."""
+        return [SimpleRGBImageDecoder()]
+
+    def _tensor_ops(self) -> tuple[list[Operation], list[Operation]]:
+        """Ops appended to the image and label pipelines: to tensor, NCHW, device, range."""
+        device = self._target_device()
+        image: list[Operation] = [ToTensor(), ToTorchImage(channels_last=True)]
+        label: list[Operation] = [IntDecoder(), ToTensor(), Squeeze()]
+        if device is not None and device.type != "cpu":
+            image.append(ToDevice(device, non_blocking=True))
+            label.append(ToDevice(device, non_blocking=True))
+        if self.output == "float":
+            image.append(ToUnitRange())
+        return image, label
+
+    def _loader(self, split: str, train: bool) -> JiTLoader:
+        if split not in self._meta:
+            self.setup("fit")
+        world = self._world()
+        kwargs: dict[str, Any] = {"num_replicas": world.num_replicas, "rank": world.rank}
+        if train:
+            kwargs["drop_last"] = self.sampler_drop_last
+            if self.order == "quasi_random":
+                kwargs["buffer_pages"] = self.buffer_pages
+            order = _ORDERS[self.order](**kwargs)
+        else:
+            order = SequentialOrder(**kwargs)
+        cell = EpochCell()
+        image_tail, label_ops = self._tensor_ops()
+        image_ops = self._get_train_transforms(cell) if train else self._get_val_transforms(cell)
+        return JiTLoader(
+            str(self._paths[split]),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            os_cache=self.os_cache,
+            order=order,
+            distributed=world.num_replicas > 1,
+            seed=self.seed,
+            pipelines={"image": image_ops + image_tail, "label": label_ops},
+            drop_last=self.drop_last if train else False,
+            batches_ahead=self.batches_ahead,
+            epoch_cell=cell,
+        )
+
+    def train_dataloader(self) -> JiTLoader:
+        """Loader of the train split for this rank; ``loader.sampler`` shows its order."""
+        loader = self._loader("train", train=True)
+        if self._epoch is not None:
+            loader.set_epoch(self._epoch)
+        self._train_loader = loader
+        return loader
+
+    def val_dataloader(self) -> JiTLoader | list[Any]:
+        """Loader of the val split (sequential, no flip, split across ranks), or ``[]`` without val."""
+        if "val" not in self._splits():
+            return []
+        return self._loader("val", train=False)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Run ``epoch`` next on the train loader (Lightning does this by itself via ``loader.sampler``)."""
+        self._epoch = int(epoch)
+        if self._train_loader is not None:
+            self._train_loader.set_epoch(epoch)
+
+    # ------------------------------------------------------------------- info
+    def get_dataset_info(self) -> dict[str, Any]:
+        """Sizes and sharding of the data: num_samples, num_classes, class_names, per-rank counts."""
+        if "train" not in self._meta:
+            self.setup("fit")
+        meta = self._meta["train"]
+        world = self._world()
+        n = meta.num_samples
+        per_rank = n // world.num_replicas if self.sampler_drop_last else -(-n // world.num_replicas)
+        batches = per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+        info: dict[str, Any] = {
+            "num_samples": n,
+            "num_classes": meta.num_classes,
+            "class_names": list(meta.classes),
+            "img_size": self.img_size,
+            "mode": self.mode,
+            "num_replicas": world.num_replicas,
+            "rank": world.rank,
+            "samples_per_rank": per_rank,
+            "batches_per_rank": batches,
+            "train_beton": str(self._paths["train"]),
+        }
+        if "val" in self._meta:
+            info["val_num_samples"] = self._meta["val"].num_samples
+            info["val_beton"] = str(self._paths["val"])
+        return info
+
+
+def create_jit_datamodule(args: argparse.Namespace, **overrides: Any) -> JiTDataModule:
+    """Build a :class:`JiTDataModule` from JiT's argparse namespace.
+
+    Uses JiT's argument names (``data_path``, ``img_size``, ``batch_size``,
+    ``num_workers``, ``pin_mem``) and, when present, ``seed``; ``overrides`` are
+    passed straight to the constructor.
+    """
+    kwargs: dict[str, Any] = {
+        "data_path": args.data_path,
+        "img_size": args.img_size,
+        "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
+        "pin_memory": getattr(args, "pin_mem", True),
+    }
+    if getattr(args, "seed", None) is not None:
+        kwargs["seed"] = args.seed
+    kwargs.update(overrides)
+    return JiTDataModule(**kwargs)

@@ -1,0 +1,230 @@
+"""Numba-compiled FFCV operations whose randomness is a pure function of (seed, epoch, index).
+
+FFCV compiles each operation once and freezes the values it captures, so an op
+cannot see the epoch through a Python attribute. :class:`EpochCell` is a tiny
+int64 that compiled code reads through its address at run time; the loader
+writes the epoch into it before each epoch. With it, a flip decision is
+``hash(seed, epoch, sample index) < p``: reproducible across runs, thread counts
+and ranks, unlike FFCV's ``RandomHorizontalFlip`` (unseeded global numpy state).
+
+Two ways to flip, same decisions, same pixels:
+
+* :class:`FlipDecoder` flips while decoding (the default: no extra pass over
+  memory): raw images are copied mirrored instead of ``memcpy``-ed, JPEGs are
+  mirrored in place right after decoding while still in cache.
+* :class:`SeededHorizontalFlip` is a stand-alone, in-place op to put anywhere in
+  a pipeline; it is also the template for writing your own numba op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+import numpy as np
+from ffcv.fields.rgb_image import IMAGE_MODES, SimpleRGBImageDecoder
+from ffcv.libffcv import imdecode, memcpy
+from ffcv.pipeline.allocation_query import AllocationQuery
+from ffcv.pipeline.compiler import Compiler
+from ffcv.pipeline.operation import Operation
+from ffcv.pipeline.state import State
+from numba import njit, types
+from numba.extending import intrinsic
+
+__all__ = ["EpochCell", "FlipDecoder", "SeededHorizontalFlip", "ToUnitRange", "flip_decision", "flip_mask", "read_int64"]
+
+
+@intrinsic
+def read_int64(typingctx, address):  # type: ignore[no-untyped-def]
+    """Load the int64 stored at a raw ``address`` (numba intrinsic, used for :class:`EpochCell`)."""
+    if not isinstance(address, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        pointer = builder.inttoptr(args[0], context.get_value_type(types.CPointer(types.int64)))
+        return builder.load(pointer)
+
+    return types.int64(address), codegen
+
+
+class EpochCell:
+    """An int64 that compiled ops read at run time (via :func:`read_int64` of :attr:`address`)."""
+
+    def __init__(self, epoch: int = 0) -> None:
+        self._value = np.zeros(1, dtype=np.int64)
+        self.set(epoch)
+
+    @property
+    def address(self) -> int:
+        """Raw address of the value; valid for the life of this object."""
+        return int(self._value.ctypes.data)
+
+    def set(self, epoch: int) -> None:
+        """Publish ``epoch`` to every op compiled against this cell."""
+        self._value[0] = epoch
+
+    def get(self) -> int:
+        """The current epoch."""
+        return int(self._value[0])
+
+
+@njit(inline="always")
+def _mix(x: np.uint64) -> np.uint64:
+    """SplitMix64 finaliser: a cheap, well-distributed 64-bit hash step."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@njit(nogil=True)
+def flip_decision(seed: int, epoch: int, index: int, prob: float) -> bool:
+    """True if sample ``index`` is flipped in ``epoch``: ``U(seed, epoch, index) < prob``."""
+    h = _mix(_mix(_mix(np.uint64(seed)) ^ np.uint64(epoch)) ^ np.uint64(index))
+    return (h >> np.uint64(11)) * (1.0 / 9007199254740992.0) < prob
+
+
+@njit(nogil=True)
+def _flip_mask(seed: int, epoch: int, indices: np.ndarray, prob: float) -> np.ndarray:
+    out = np.empty(len(indices), dtype=np.bool_)
+    for i in range(len(indices)):
+        out[i] = flip_decision(seed, epoch, indices[i], prob)
+    return out
+
+
+def flip_mask(seed: int, epoch: int, indices: np.ndarray, prob: float) -> np.ndarray:
+    """Vector of :func:`flip_decision` for ``indices`` (for inspection and tests)."""
+    return _flip_mask(seed, epoch, np.asarray(indices, dtype=np.int64), prob)
+
+
+@njit(nogil=True, inline="always")
+def mirror_inplace(image: np.ndarray) -> None:
+    """Mirror one HWC image left-right in place."""
+    height, width, channels = image.shape
+    for r in range(height):
+        row = image[r]
+        for c in range(width // 2):
+            o = width - 1 - c
+            for k in range(channels):
+                tmp = row[c, k]
+                row[c, k] = row[o, k]
+                row[o, k] = tmp
+
+
+@njit(nogil=True, inline="always")
+def mirror_copy(source: np.ndarray, image: np.ndarray) -> None:
+    """Write the mirror of ``source`` (flat HWC bytes) into the HWC ``image``."""
+    height, width, channels = image.shape
+    src = source.reshape(height, width, channels)
+    for r in range(height):
+        s = src[r]
+        d = image[r]
+        for c in range(width):
+            o = width - 1 - c
+            for k in range(channels):
+                d[c, k] = s[o, k]
+
+
+def _check_prob(flip_prob: float) -> float:
+    if not 0.0 <= flip_prob <= 1.0:
+        raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob!r}")
+    return float(flip_prob)
+
+
+class FlipDecoder(SimpleRGBImageDecoder):
+    """Decode fixed-size RGB images and mirror the chosen ones in the same pass.
+
+    ``flip_decision(seed, epoch, index, flip_prob)`` decides; the epoch comes from
+    ``epoch_cell`` (set by the loader), so one compiled pipeline serves all epochs.
+    """
+
+    def __init__(self, *, flip_prob: float = 0.5, seed: int = 0, epoch_cell: EpochCell | None = None) -> None:
+        super().__init__()
+        self.flip_prob = _check_prob(flip_prob)
+        self.seed = int(seed)
+        self.epoch_cell = epoch_cell or EpochCell()
+
+    def generate_code(self) -> Callable:
+        mem_read = self.memory_read
+        imdecode_c = Compiler.compile(imdecode)
+        memcpy_c = Compiler.compile(memcpy)
+        my_range = Compiler.get_iterator()
+        jpg = IMAGE_MODES["jpg"]
+        seed, prob, address = self.seed, self.flip_prob, self.epoch_cell.address
+
+        def decode(batch_indices, destination, metadata, storage_state):  # type: ignore[no-untyped-def]
+            epoch = read_int64(address)
+            for i in my_range(len(batch_indices)):
+                index = batch_indices[i]
+                field = metadata[index]
+                data = mem_read(field["data_ptr"], storage_state)
+                height, width = field["height"], field["width"]
+                flip = flip_decision(seed, epoch, index, prob)
+                if field["mode"] == jpg:
+                    imdecode_c(data, destination[i], height, width, height, width, 0, 0, 1, 1, False, False)
+                    if flip:
+                        mirror_inplace(destination[i])
+                elif flip:
+                    mirror_copy(data, destination[i])
+                else:
+                    memcpy_c(data, destination[i])
+            return destination[: len(batch_indices)]
+
+        decode.is_parallel = True
+        return decode
+
+
+class SeededHorizontalFlip(Operation):
+    """In-place random horizontal flip of a batch of HWC uint8 images.
+
+    A template for custom numba ops: ``generate_code`` returns a plain function
+    that FFCV compiles; ``with_indices`` makes FFCV pass the batch's sample
+    indices; ``declare_state_and_memory`` declares no new buffer (in place).
+    """
+
+    def __init__(self, flip_prob: float = 0.5, *, seed: int = 0, epoch_cell: EpochCell | None = None) -> None:
+        super().__init__()
+        self.flip_prob = _check_prob(flip_prob)
+        self.seed = int(seed)
+        self.epoch_cell = epoch_cell or EpochCell()
+
+    def generate_code(self) -> Callable:
+        my_range = Compiler.get_iterator()
+        seed, prob, address = self.seed, self.flip_prob, self.epoch_cell.address
+
+        def flip(images, _dst, indices):  # type: ignore[no-untyped-def]
+            epoch = read_int64(address)
+            for i in my_range(images.shape[0]):
+                if flip_decision(seed, epoch, indices[i], prob):
+                    mirror_inplace(images[i])
+            return images
+
+        flip.is_parallel = True
+        flip.with_indices = True
+        return flip
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery | None]:
+        if previous_state.shape is None or len(previous_state.shape) != 3:
+            raise ValueError("SeededHorizontalFlip expects HWC images: put it right after the image decoder")
+        return replace(previous_state, jit_mode=True), None
+
+
+class ToUnitRange(Operation):
+    """uint8 NCHW tensor -> float32 ``x / 255 * 2 - 1`` (JiT's model input), on the tensor's device.
+
+    Put it after ``ToDevice`` so the conversion runs on the GPU and only uint8
+    crosses PCIe (4x fewer bytes than float32).
+    """
+
+    def generate_code(self) -> Callable:
+        def to_unit_range(inp, dst):  # type: ignore[no-untyped-def]
+            out = dst[: inp.shape[0]]
+            out.copy_(inp)
+            return out.div_(255).mul_(2).sub_(1)
+
+        return to_unit_range
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery | None]:
+        import torch
+
+        state = replace(previous_state, jit_mode=False, dtype=torch.float32)
+        return state, AllocationQuery(previous_state.shape, torch.float32, previous_state.device)

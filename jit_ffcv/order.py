@@ -1,0 +1,334 @@
+"""Distributed-aware traversal orders for FFCV 1.0.2 loaders.
+
+FFCV's own ``QUASI_RANDOM`` refuses ``distributed=True`` and its ``RANDOM``
+wraps torch's ``DistributedSampler`` (strided shards, so every rank reads every
+page). The orders here shard a *global* sequence into contiguous per-rank
+chunks with DistributedSampler's length/padding contract, and the quasi-random
+order keeps each rank on ~1/W of the file's pages while staying random.
+
+All the work is done by the pure function :func:`epoch_order`; the
+``TraversalOrder`` classes only bind it to a loader.
+
+Usage::
+
+    Loader(path, batch_size=256, order=QuasiRandomOrder(num_replicas=W, rank=r),
+           seed=0, ...)
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, Union
+
+import numpy as np
+from ffcv.traversal_order.base import TraversalOrder
+
+if TYPE_CHECKING:
+    from ffcv.loader.loader import Loader
+
+__all__ = [
+    "KINDS",
+    "epoch_order",
+    "QuasiRandomOrder",
+    "RandomOrder",
+    "SequentialOrder",
+    "pages_touched",
+    "max_open_pages",
+]
+
+KINDS: Final[tuple[str, ...]] = ("quasi_random", "random", "sequential")
+
+PageOf = Union[Mapping[int, int], np.ndarray]
+_T = TypeVar("_T", bound="_ShardedOrder")
+
+
+# --------------------------------------------------------------------------- #
+# validation
+# --------------------------------------------------------------------------- #
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None, allowed: str | None = None) -> int:
+    """Raise ValueError naming the option, the bad value and the allowed range."""
+    allowed = allowed or (f"integers >= {low}" if high is None else f"integers in [{low}, {high})")
+    if not _is_int(value) or value < low or (high is not None and value >= high):
+        raise ValueError(f"{name} must be one of the {allowed}, got {value!r}")
+    return int(value)
+
+
+def _check_sharding(num_replicas: Any, rank: Any) -> tuple[int, int]:
+    num_replicas = _check_int("num_replicas", num_replicas, 1)
+    rank = _check_int("rank", rank, 0, num_replicas, allowed=f"integers in [0, num_replicas={num_replicas})")
+    return num_replicas, rank
+
+
+def _check_kind(kind: Any) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return kind
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be one of (True, False), got {value!r}")
+    return bool(value)
+
+
+def _check_1d_int(name: str, arr: Any) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim != 1 or not (arr.size == 0 or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(
+            f"{name} must be a 1-D integer array, got shape {arr.shape} and dtype {arr.dtype}"
+        )
+    return arr
+
+
+# --------------------------------------------------------------------------- #
+# the pure ordering function
+# --------------------------------------------------------------------------- #
+def _global_positions(kind: str, pages: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Positions (into ``indices``) of the global sequence G, identical on every rank."""
+    n = len(pages)
+    if kind == "sequential":
+        return np.arange(n, dtype=np.int64)
+    perm = rng.permutation(n)
+    if kind == "random":
+        return perm
+    # quasi_random: random page order, random order inside each page, page-contiguous.
+    _, page_id = np.unique(pages, return_inverse=True)
+    page_rank = rng.permutation(int(page_id.max()) + 1 if n else 0)
+    # Stable sort of a random permutation by (shuffled) page rank == shuffle inside pages.
+    return perm[np.argsort(page_rank[page_id.reshape(-1)[perm]], kind="stable")]
+
+
+def _rolling_buffer(chunk_pages: np.ndarray, buffer_pages: int, rng: np.random.Generator) -> np.ndarray:
+    """Permutation of a page-contiguous chunk that is random but page-local.
+
+    Sample of the k-th page segment gets key ``k + buffer_pages * u`` (u ~ U[0,1)) and
+    we stable-argsort by key: a segment only spreads over keys [k, k+B), so at any
+    point at most ~B segments (pages) are open, yet each stays well mixed with its B
+    neighbours -- the vectorised analogue of FFCV's B-page shuffle buffer.
+    """
+    if len(chunk_pages) == 0:
+        return np.zeros(0, dtype=np.int64)
+    segment = np.zeros(len(chunk_pages), dtype=np.int64)
+    np.cumsum(chunk_pages[1:] != chunk_pages[:-1], out=segment[1:])
+    key = segment + buffer_pages * rng.random(len(chunk_pages))
+    return np.argsort(key, kind="stable")
+
+
+def epoch_order(
+    sample_pages: np.ndarray,
+    indices: np.ndarray,
+    *,
+    kind: str,
+    num_replicas: int,
+    rank: int,
+    seed: int,
+    epoch: int,
+    drop_last: bool = False,
+    buffer_pages: int = 256,
+) -> np.ndarray:
+    """Sample ids (int64) that rank ``rank`` of ``num_replicas`` reads in ``epoch``.
+
+    1. A global sequence G is drawn from ``np.random.default_rng(SeedSequence([seed, epoch]))``
+       (the same on every rank, independent of W and r): ``sequential`` keeps ``indices``
+       as given, ``random`` permutes them, ``quasi_random`` shuffles the page order and the
+       samples within each page and concatenates page by page.
+    2. G is padded cyclically to ``ceil(N/W)*W`` (``drop_last=False``) or truncated to
+       ``(N//W)*W`` (``drop_last=True``), as torch's DistributedSampler does.
+    3. Rank r takes the contiguous chunk ``G[r*n:(r+1)*n]`` (contiguous, not strided, so a
+       rank touches ~1/W of the pages).
+    4. ``quasi_random`` only: the chunk's k-th page segment gets keys ``k + buffer_pages * u``,
+       u ~ U[0,1) from ``default_rng(SeedSequence([seed, epoch], spawn_key=(rank,)))``, and is
+       stable-argsorted. Why: a segment's keys lie in [k, k+B), so at most ~B pages are open at
+       once (a rolling B-page shuffle buffer like FFCV's), vectorised (~0.3 s for 1.3M samples).
+
+    ``sample_pages[k]`` is the page of ``indices[k]`` (only used by ``quasi_random``).
+    """
+    kind = _check_kind(kind)
+    num_replicas, rank = _check_sharding(num_replicas, rank)
+    seed = _check_int("seed", seed, 0)
+    epoch = _check_int("epoch", epoch, 0)
+    drop_last = _check_bool("drop_last", drop_last)
+    buffer_pages = _check_int("buffer_pages", buffer_pages, 1)
+    indices = _check_1d_int("indices", indices)
+    sample_pages = _check_1d_int("sample_pages", sample_pages)
+    if len(sample_pages) != len(indices):
+        raise ValueError(
+            f"sample_pages must have the same length as indices ({len(indices)}), got {len(sample_pages)}"
+        )
+
+    n_total = len(indices)
+    per_rank = n_total // num_replicas if drop_last else math.ceil(n_total / num_replicas)
+    size = per_rank * num_replicas
+
+    rng = np.random.default_rng(np.random.SeedSequence([seed, epoch]))
+    positions = _global_positions(kind, sample_pages, rng)
+    # np.resize repeats cyclically: G + G[:pad] (+ G again if pad > N), like DistributedSampler.
+    positions = positions[:size] if drop_last else np.resize(positions, size)
+    chunk = positions[rank * per_rank:(rank + 1) * per_rank]
+
+    if kind == "quasi_random":
+        local = np.random.default_rng(np.random.SeedSequence([seed, epoch], spawn_key=(rank,)))
+        chunk = chunk[_rolling_buffer(sample_pages[chunk], buffer_pages, local)]
+    return indices[chunk].astype(np.int64, copy=False)
+
+
+# --------------------------------------------------------------------------- #
+# locality metrics
+# --------------------------------------------------------------------------- #
+def _pages_of(order: np.ndarray, page_of: PageOf) -> np.ndarray:
+    order = np.asarray(order, dtype=np.int64)
+    if isinstance(page_of, Mapping):
+        return np.fromiter((page_of[int(s)] for s in order), dtype=np.int64, count=len(order))
+    return np.asarray(page_of, dtype=np.int64)[order]
+
+
+def pages_touched(order: np.ndarray, page_of: PageOf) -> int:
+    """Number of distinct pages a rank's ``order`` reads (``page_of``: sample id -> page)."""
+    return int(len(np.unique(_pages_of(order, page_of))))
+
+
+def max_open_pages(order: np.ndarray, page_of: PageOf) -> int:
+    """Max number of pages simultaneously open; a page is open from its first to its last sample.
+
+    This is the working set a page cache needs so that no page is read twice.
+    """
+    pages = _pages_of(order, page_of)
+    if len(pages) == 0:
+        return 0
+    _, first = np.unique(pages, return_index=True)
+    _, last_rev = np.unique(pages[::-1], return_index=True)
+    last = len(pages) - 1 - last_rev
+    delta = np.zeros(len(pages) + 1, dtype=np.int64)
+    np.add.at(delta, first, 1)
+    np.add.at(delta, last + 1, -1)
+    return int(np.cumsum(delta).max())
+
+
+# --------------------------------------------------------------------------- #
+# FFCV TraversalOrder classes
+# --------------------------------------------------------------------------- #
+def _loader_sample_pages(loader: Loader, indices: np.ndarray) -> np.ndarray:
+    """Min page of each of ``indices`` from the loader's memory manager.
+
+    Samples with no allocation (e.g. only scalar fields) get distinct negative
+    pseudo-pages, so ``quasi_random`` treats them like ``random``.
+    """
+    sample_to_pages = loader.memory_manager.sample_to_pages
+    pages = -1 - np.arange(len(indices), dtype=np.int64)
+    if len(sample_to_pages) == 0 or len(indices) == 0:
+        return pages
+    sids = np.fromiter(sample_to_pages.keys(), dtype=np.int64, count=len(sample_to_pages))
+    mins = np.fromiter((min(p) for p in sample_to_pages.values()), dtype=np.int64, count=len(sample_to_pages))
+    idx = indices.astype(np.int64)
+    table = np.full(max(int(sids.max()), int(idx.max())) + 1, -1, dtype=np.int64)
+    table[sids] = mins
+    found = table[idx]
+    return np.where(found >= 0, found, pages)
+
+
+class _ShardedOrder(TraversalOrder):
+    """Config object for one ordering kind; calling it with a loader returns a bound copy.
+
+    ``drop_last`` here is the *sharding* drop (N//W per rank, like DistributedSampler);
+    the Loader's own ``drop_last`` still drops the last partial batch. ``loader.distributed``
+    is recorded but ignored: sharding is set by ``num_replicas``/``rank`` only.
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, *, num_replicas: int = 1, rank: int = 0, drop_last: bool = False) -> None:
+        # Deliberately not TraversalOrder.__init__: there is no loader yet (see __call__).
+        self.num_replicas, self.rank = _check_sharding(num_replicas, rank)
+        self.drop_last = _check_bool("drop_last", drop_last)
+        self.buffer_pages: int | None = None
+        self.loader: Loader | None = None
+        self.indices: np.ndarray | None = None
+        self.sample_pages: np.ndarray | None = None
+        self.seed: int | None = None
+        self.distributed: bool = False
+        self.sampler = None
+
+    # FFCV 1.0.2 quirk: Loader does `order(self)` on a TraversalOrder *instance*, so we bind here.
+    def __call__(self: _T, loader: Loader) -> _T:
+        """Return a shallow copy bound to ``loader`` (the config object stays reusable)."""
+        bound = copy.copy(self)
+        bound.loader = loader
+        bound.indices = np.asarray(loader.indices)
+        bound.seed = loader.seed
+        bound.distributed = loader.distributed
+        bound.sampler = None
+        bound.sample_pages = _loader_sample_pages(loader, bound.indices)
+        bound._bind_extra(loader)
+        return bound
+
+    def _bind_extra(self, loader: Loader) -> None:
+        """Hook for kind-specific options resolved from the loader."""
+
+    def _require_bound(self) -> np.ndarray:
+        if self.indices is None:
+            raise RuntimeError(
+                f"{type(self).__name__} is a config object; pass it as Loader(order=...) "
+                "or call it with a loader first"
+            )
+        return self.indices
+
+    def sample_order(self, epoch: int) -> np.ndarray:
+        """This rank's sample ids for ``epoch`` (see :func:`epoch_order`)."""
+        indices = self._require_bound()
+        return epoch_order(
+            self.sample_pages, indices, kind=self.kind, num_replicas=self.num_replicas,
+            rank=self.rank, seed=self.seed, epoch=epoch, drop_last=self.drop_last,
+            buffer_pages=self.buffer_pages or 1,
+        )
+
+    def num_samples(self) -> int:
+        """Per-rank number of samples per epoch (ceil(N/W), or N//W with drop_last)."""
+        n_total = len(self._require_bound())
+        if self.drop_last:
+            return n_total // self.num_replicas
+        return math.ceil(n_total / self.num_replicas)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(num_replicas={self.num_replicas}, rank={self.rank}, "
+                f"drop_last={self.drop_last})")
+
+
+class QuasiRandomOrder(_ShardedOrder):
+    """Page-local random order: contiguous shard of a page-shuffled sequence + rolling page buffer.
+
+    Use with ``os_cache=False`` or huge datasets: each rank reads ~1/W of the pages.
+    ``buffer_pages=None`` means ``2 * loader.batch_size`` like FFCV's QUASI_RANDOM.
+    """
+
+    kind: ClassVar[str] = "quasi_random"
+
+    def __init__(self, *, num_replicas: int = 1, rank: int = 0, drop_last: bool = False,
+                 buffer_pages: int | None = None) -> None:
+        super().__init__(num_replicas=num_replicas, rank=rank, drop_last=drop_last)
+        self._buffer_pages_option = None if buffer_pages is None else _check_int("buffer_pages", buffer_pages, 1)
+        self.buffer_pages = self._buffer_pages_option
+
+    def _bind_extra(self, loader: Loader) -> None:
+        self.buffer_pages = self._buffer_pages_option or 2 * int(loader.batch_size)
+
+    def __repr__(self) -> str:
+        return (f"QuasiRandomOrder(num_replicas={self.num_replicas}, rank={self.rank}, "
+                f"drop_last={self.drop_last}, buffer_pages={self._buffer_pages_option})")
+
+
+class RandomOrder(_ShardedOrder):
+    """Uniform random permutation per epoch, sharded contiguously across ranks."""
+
+    kind: ClassVar[str] = "random"
+
+
+class SequentialOrder(_ShardedOrder):
+    """Indices in their given order, sharded contiguously across ranks (e.g. for validation)."""
+
+    kind: ClassVar[str] = "sequential"
