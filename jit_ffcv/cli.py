@@ -1,4 +1,4 @@
-"""The ``jit-ffcv`` command line: ``write``, ``info`` (and more as the project grows)."""
+"""The ``jit-ffcv`` command line: ``write``, ``info``, ``demo`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="show a beton's metadata")
     info.add_argument("beton")
     info.add_argument("--verify", action="store_true", help="also check the file's SHA-256")
+    from jit_ffcv import bench, demo
+
+    demo.add_arguments(sub.add_parser("demo", help="write a small beton, load it, show a batch"))
+    bench.add_arguments(sub.add_parser("bench", help="throughput: reference vs FFCV vs jit-ffcv"))
     return parser
 
 
@@ -55,6 +59,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return beton.main(args)
     if args.command == "info":
         return _info(args)
+    if args.command == "demo":
+        from jit_ffcv import demo
+
+        return demo.main(args)
+    if args.command == "bench":
+        from jit_ffcv import bench
+
+        return bench.main(args)
     raise AssertionError(args.command)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import numba
 import torch
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import SimpleRGBImageDecoder
@@ -66,7 +67,8 @@ class JiTDataModule(pl.LightningDataModule):
         data_path: dataset root with ``train/<class>/<img>`` and optionally ``val/``.
         img_size: crop size (the ADM crop is applied once, when the beton is written).
         batch_size: per-device batch size.
-        num_workers: decoding threads per process (FFCV uses threads, not processes).
+        num_workers: decoding threads per process (FFCV uses threads, not processes); capped at numba's
+            thread limit (the number of cores), which FFCV would otherwise reject.
         pin_memory: kept for API compatibility; FFCV pins its buffers whenever CUDA is present.
         num_replicas, rank: sharding; by default from ``torch.distributed``, else the Trainer.
         beton_dir: where betons live (default ``data_path/ffcv``; set it for read-only datasets).
@@ -266,7 +268,7 @@ class JiTDataModule(pl.LightningDataModule):
         return JiTLoader(
             str(self._paths[split]),
             batch_size=self.batch_size,
-            num_workers=self.num_workers,
+            num_workers=min(self.num_workers, numba.config.NUMBA_NUM_THREADS),
             os_cache=self.os_cache,
             order=order,
             distributed=world.num_replicas > 1,

@@ -56,6 +56,16 @@ class JiTLoader(Loader):
             raise ValueError(f"epoch must be >= 0, got {epoch!r}")
         self.next_epoch = int(epoch)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Any]:
+        """Batches of the next epoch; the epoch starts lazily, at the first ``next``.
+
+        Lightning calls ``iter()`` once only to check iterability, and creates the first
+        epoch's iterator *before* calling ``sampler.set_epoch(0)``; starting eagerly would
+        consume an epoch, leave a decoding thread behind and run a stale epoch.
+        """
+        return self._epoch_batches()
+
+    def _epoch_batches(self) -> Iterator[Any]:
         self.epoch_cell.set(self.next_epoch)
-        return super().__iter__()
+        # yield from: closing an abandoned epoch closes FFCV's EpochIterator (stops its thread).
+        yield from super().__iter__()

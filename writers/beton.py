@@ -210,6 +210,54 @@ def write_beton(
     return meta
 
 
+def read_payloads(beton: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
+    """Stored image payloads (JPEG or raw bytes) and labels of a beton, in sample order."""
+    from ffcv.reader import Reader
+
+    reader = Reader(str(beton))
+    table = reader.alloc_table
+    size_of = dict(zip(table["ptr"].tolist(), table["size"].tolist()))
+    data = np.memmap(beton, dtype=np.uint8, mode="r")
+    ptrs = reader.metadata["f0"]["data_ptr"].tolist()
+    payloads = [data[p : p + size_of[p]].tobytes() for p in ptrs]
+    return payloads, np.array(reader.metadata["f1"]).reshape(-1)
+
+
+def replicate_beton(src: str | os.PathLike, out: str | os.PathLike, times: int) -> BetonMetadata:
+    """Write ``out`` holding ``src``'s samples ``times`` times over (for benchmarks).
+
+    Copies the stored payloads, so a large beton is made in seconds without
+    decoding or cropping again; the sidecar is ``src``'s with counts scaled.
+    """
+    from writers.metadata import read_metadata
+
+    if times < 1:
+        raise ValueError(f"times must be >= 1, got {times!r}")
+    meta = read_metadata(src)
+    payloads, labels = read_payloads(src)
+    out = Path(out)
+    partial = out.with_name(f".{out.name}.partial")
+    beton = _BetonFile(partial, len(payloads) * times, meta.mode, meta.quality or DEFAULT_QUALITY)
+    try:
+        for _ in range(times):
+            for payload, label in zip(payloads, labels.tolist()):
+                beton.append(payload, label, meta.img_size)
+        beton.close()
+    except BaseException:
+        beton.abort()
+        partial.unlink(missing_ok=True)
+        raise
+    meta.num_samples = beton.count
+    meta.class_counts = [c * times for c in meta.class_counts]
+    meta.size_bytes = partial.stat().st_size
+    meta.payload_bytes = beton.payload_bytes
+    meta.sha256 = file_sha256(partial)
+    meta.source = f"{meta.source} (x{times} via replicate_beton)"
+    sidecar_path(out).write_text(meta.to_json())
+    os.replace(partial, out)
+    return meta
+
+
 def write_split(
     data_path: str | os.PathLike, split: str, out: str | os.PathLike, **kwargs: object
 ) -> BetonMetadata:

@@ -1,0 +1,362 @@
+"""JiTDataModule: writing, exact batches, sampler view, sharding, errors, Lightning epochs."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numba
+import numpy as np
+import pytest
+import torch
+from ffcv.loader.epoch_iterator import EpochIterator
+
+from jit_ffcv.datamodule import JiTDataModule, create_jit_datamodule
+from jit_ffcv.loader import JiTLoader
+from jit_ffcv.ops import flip_mask
+from jit_ffcv.order import epoch_order
+from jit_ffcv.synthetic import SyntheticFolder
+from tests.conftest import read_beton
+from writers.metadata import BetonMismatchError
+
+N, B, SEED = 20, 4, 5  # valid train samples, batch size, seed
+
+
+@pytest.fixture(scope="module")
+def beton_dir(synthetic: SyntheticFolder, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Betons written by a DataModule's prepare_data (not the session fixtures' files)."""
+    out = tmp_path_factory.mktemp("betons")
+    dm = JiTDataModule(data_path=str(synthetic.root), img_size=64, batch_size=B, num_workers=1, mode="raw",
+                       write_workers=0, beton_dir=str(out))
+    assert not dm.beton_path("train").exists()
+    dm.prepare_data()
+    assert dm.beton_path("train") == out / "train_64_raw.beton"
+    assert dm.beton_path("val") == out / "val_64_raw.beton"
+    assert dm.beton_path("train").is_file() and dm.beton_path("val").is_file()
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(beton_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Stored images (N,H,W,3) and labels of the train beton."""
+    return read_beton(beton_dir / "train_64_raw.beton")
+
+
+def make_dm(synthetic: SyntheticFolder, beton_dir: Path, **kwargs: Any) -> JiTDataModule:
+    options: dict[str, Any] = dict(data_path=str(synthetic.root), img_size=64, batch_size=B, num_workers=1,
+                                   mode="raw", write_workers=0, beton_dir=str(beton_dir), seed=SEED)
+    options.update(kwargs)
+    dm = JiTDataModule(**options)
+    dm.setup("fit")
+    return dm
+
+
+def run_epoch(loader: JiTLoader) -> tuple[list[int], np.ndarray, np.ndarray, int]:
+    """(sampler order, images, labels, epoch) of the loader's next epoch; batches copied out of FFCV."""
+    epoch = loader.sampler.epoch
+    order = list(loader.sampler)
+    batches = [(x.numpy().copy(), y.numpy().copy()) for x, y in loader]
+    for x, y in batches:
+        assert x.dtype == np.uint8 and y.dtype == np.int64
+        assert x.shape[1:] == (3, 64, 64) and 0 < len(x) == len(y) <= B
+    assert [len(x) for x, _ in batches[:-1]] == [B] * (len(batches) - 1)  # only the last may be partial
+    images = np.concatenate([x for x, _ in batches]) if batches else np.zeros((0, 3, 64, 64), np.uint8)
+    labels = np.concatenate([y for _, y in batches]) if batches else np.zeros(0, np.int64)
+    return order, images, labels, epoch
+
+
+def expected_images(reference: np.ndarray, order: list[int], epoch: int, prob: float) -> np.ndarray:
+    """NCHW pixels of ``order`` with the flips of ``epoch``."""
+    out = reference[order].copy()
+    flips = flip_mask(SEED, epoch, order, prob)
+    out[flips] = out[flips][:, :, ::-1]
+    return out.transpose(0, 3, 1, 2)
+
+
+# --------------------------------------------------------------------------- #
+# prepare_data / setup / batches
+# --------------------------------------------------------------------------- #
+def test_setup_reads_both_splits(synthetic: SyntheticFolder, beton_dir: Path) -> None:
+    dm = make_dm(synthetic, beton_dir)
+    assert sorted(dm._meta) == ["train", "val"]
+    assert dm._meta["train"].num_samples == N and dm._meta["val"].num_samples == 4
+    dm.prepare_data()  # betons exist: nothing is rewritten
+    assert sorted(p.name for p in beton_dir.glob("*.beton")) == ["train_64_raw.beton", "val_64_raw.beton"]
+
+
+@pytest.mark.parametrize("prob", [0.0, 0.5])
+def test_batches_are_exact(synthetic: SyntheticFolder, beton_dir: Path, reference: tuple, prob: float) -> None:
+    ref_images, ref_labels = reference
+    loader = make_dm(synthetic, beton_dir, flip_prob=prob).train_dataloader()
+    assert isinstance(loader, JiTLoader) and len(loader) == N // B
+    epochs = {}
+    for epoch in (0, 1):  # the loader advances by itself after a full epoch
+        order, images, labels, seen = run_epoch(loader)
+        assert seen == epoch and sorted(order) == list(range(N))
+        assert images.shape == (N, 3, 64, 64)
+        flips = flip_mask(SEED, epoch, order, prob)
+        assert flips.sum() == 0 if prob == 0 else 0 < flips.sum() < N
+        assert np.array_equal(images, expected_images(ref_images, order, epoch, prob))
+        assert labels.tolist() == ref_labels[order].tolist()
+        epochs[epoch] = order
+    assert epochs[0] != epochs[1]
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_sampler_is_what_the_batches_deliver(synthetic: SyntheticFolder, beton_dir: Path, reference: tuple,
+                                             drop_last: bool) -> None:
+    """W=3: 7 samples per rank, B=4: one full batch (+ a partial one unless drop_last)."""
+    ref_images, ref_labels = reference
+    loader = make_dm(synthetic, beton_dir, num_replicas=3, rank=1, drop_last=drop_last,
+                     flip_prob=0.5).train_dataloader()
+    assert len(loader.sampler) == 7 and len(loader) == (1 if drop_last else 2)
+    loader.set_epoch(2)
+    order, images, labels, epoch = run_epoch(loader)
+    assert epoch == 2 and len(order) == 7
+    delivered = order[:4] if drop_last else order
+    assert labels.tolist() == ref_labels[delivered].tolist()
+    assert np.array_equal(images, expected_images(ref_images, delivered, 2, 0.5))
+
+
+def test_sampler_orders_are_deterministic(synthetic: SyntheticFolder, beton_dir: Path) -> None:
+    first = make_dm(synthetic, beton_dir).train_dataloader()
+    second = make_dm(synthetic, beton_dir).train_dataloader()
+    other_seed = make_dm(synthetic, beton_dir, seed=SEED + 1).train_dataloader()
+    orders = {}
+    for epoch in (0, 1, 2):
+        first.set_epoch(epoch)
+        second.set_epoch(epoch)
+        other_seed.set_epoch(epoch)
+        assert first.sampler.epoch == epoch
+        orders[epoch] = list(first.sampler)
+        assert orders[epoch] == list(second.sampler) == list(first.sampler)
+        assert orders[epoch] != list(other_seed.sampler)
+        # the same as the pure function with the loader's pages and buffer (2 * batch size)
+        order = first.traversal_order
+        assert orders[epoch] == epoch_order(order.sample_pages, np.arange(N), kind="quasi_random", num_replicas=1,
+                                            rank=0, seed=SEED, epoch=epoch, buffer_pages=2 * B).tolist()
+    assert len({tuple(o) for o in orders.values()}) == 3
+    first.sampler.set_epoch(0)
+    assert list(first.sampler) == orders[0]
+    with pytest.raises(ValueError, match="epoch"):
+        first.set_epoch(-1)
+
+
+def test_epoch_starts_at_first_next(synthetic: SyntheticFolder, beton_dir: Path, reference: tuple) -> None:
+    """Lightning calls iter() to check iterability and before set_epoch(0): neither may consume an epoch."""
+    loader = make_dm(synthetic, beton_dir).train_dataloader()
+    before = {t for t in threading.enumerate() if isinstance(t, EpochIterator)}
+    unused = iter(loader)
+    assert loader.sampler.epoch == 0
+    assert {t for t in threading.enumerate() if isinstance(t, EpochIterator)} - before == set()
+    del unused
+    it = iter(loader)
+    loader.set_epoch(3)  # the epoch is read when the first batch is requested
+    labels = np.concatenate([y.numpy().copy() for _, y in it])
+    loader.set_epoch(3)
+    assert labels.tolist() == reference[1][list(loader.sampler)].tolist()
+    assert loader.sampler.epoch == 3
+    loader.set_epoch(3)
+    run_epoch(loader)
+    assert loader.sampler.epoch == 4
+
+
+def test_abandoned_epoch_stops_its_thread(synthetic: SyntheticFolder, beton_dir: Path, reference: tuple) -> None:
+    loader = make_dm(synthetic, beton_dir).train_dataloader()
+    before = {t for t in threading.enumerate() if isinstance(t, EpochIterator)}
+    order = list(loader.sampler)
+    it = iter(loader)
+    first_x, first_y = next(it)
+    assert first_y.tolist() == reference[1][order[:B]].tolist()
+    started = {t for t in threading.enumerate() if isinstance(t, EpochIterator)} - before
+    assert len(started) == 1
+    del it, first_x, first_y  # e.g. Lightning's limit_train_batches: the epoch is left unfinished
+    (thread,) = started
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    # the loader is still usable: the next epoch (1) is complete and exact
+    order, _, labels, epoch = run_epoch(loader)
+    assert epoch == 1 and labels.tolist() == reference[1][order].tolist()
+
+
+def test_val_loader_is_sequential_and_unflipped(synthetic: SyntheticFolder, beton_dir: Path) -> None:
+    val_images, val_labels = read_beton(beton_dir / "val_64_raw.beton")
+    assert val_labels.tolist() == [0, 0, 2, 2]  # val keeps train's class indices
+    for world in (1, 2):
+        for rank in range(world):
+            loader = make_dm(synthetic, beton_dir, num_replicas=world, rank=rank, flip_prob=1.0).val_dataloader()
+            assert isinstance(loader, JiTLoader)
+            order, images, labels, _ = run_epoch(loader)
+            expected = list(range(rank * 4 // world, (rank + 1) * 4 // world))
+            assert order == expected and labels.tolist() == val_labels[expected].tolist()
+            assert np.array_equal(images, val_images[expected].transpose(0, 3, 1, 2))
+
+
+def test_more_workers_than_cores(synthetic: SyntheticFolder, beton_dir: Path, reference: tuple) -> None:
+    """JiT's default num_workers=12 on a smaller machine: capped at numba's limit instead of failing."""
+    dm = make_dm(synthetic, beton_dir, num_workers=4 * numba.config.NUMBA_NUM_THREADS)
+    loader = dm.train_dataloader()
+    assert loader.num_workers == numba.config.NUMBA_NUM_THREADS
+    order, images, labels, _ = run_epoch(loader)
+    assert labels.tolist() == reference[1][order].tolist()
+    assert np.array_equal(images, expected_images(reference[0], order, 0, 0.5))
+
+
+# --------------------------------------------------------------------------- #
+# sharding
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("sampler_drop_last", [False, True])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_steps_and_partition_over_ranks(synthetic: SyntheticFolder, beton_dir: Path, world: int,
+                                        sampler_drop_last: bool) -> None:
+    per_rank = N // world if sampler_drop_last else math.ceil(N / world)
+    orders = []
+    for rank in range(world):
+        dm = make_dm(synthetic, beton_dir, num_replicas=world, rank=rank, sampler_drop_last=sampler_drop_last)
+        loader = dm.train_dataloader()
+        assert len(loader) == per_rank // B
+        assert len(loader.sampler) == per_rank
+        info = dm.get_dataset_info()
+        assert (info["num_replicas"], info["rank"]) == (world, rank)
+        assert (info["samples_per_rank"], info["batches_per_rank"]) == (per_rank, per_rank // B)
+        loader.set_epoch(1)
+        orders.append(list(loader.sampler))
+    assert [len(o) for o in orders] == [per_rank] * world
+    counts = Counter(i for o in orders for i in o)
+    if sampler_drop_last:
+        # N//W*W distinct samples, each once; the other N % W are left out this epoch
+        assert sum(counts.values()) == len(counts) == (N // world) * world
+        assert set(counts) <= set(range(N))
+    else:
+        # every sample, plus exactly ceil(N/W)*W - N padding repeats
+        assert set(counts) == set(range(N))
+        assert sum(c - 1 for c in counts.values()) == per_rank * world - N
+        assert max(counts.values()) <= 2
+
+
+def test_dataset_info(synthetic: SyntheticFolder, beton_dir: Path) -> None:
+    dm = make_dm(synthetic, beton_dir, num_replicas=3, rank=2, drop_last=False)
+    info = dm.get_dataset_info()
+    assert info["num_samples"] == N and info["num_classes"] == 4
+    assert info["class_names"] == synthetic.classes
+    assert (info["samples_per_rank"], info["batches_per_rank"]) == (7, 2)  # ceil(20/3)=7, ceil(7/4)=2
+    assert (info["num_replicas"], info["rank"], info["img_size"], info["mode"]) == (3, 2, 64, "raw")
+    assert info["train_beton"] == str(beton_dir / "train_64_raw.beton")
+    assert info["val_num_samples"] == 4 and info["val_beton"] == str(beton_dir / "val_64_raw.beton")
+
+
+# --------------------------------------------------------------------------- #
+# errors
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        ({"mode": "png"}, "mode"),
+        ({"order": "shuffle"}, "order"),
+        ({"output": "fp16"}, "output"),
+        ({"flip_prob": 1.5}, "flip_prob"),
+        ({"flip_prob": -0.1}, "flip_prob"),
+        ({"img_size": 16}, "img_size"),
+        ({"img_size": 64.0}, "img_size"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"num_workers": 0}, "num_workers"),
+        ({"num_replicas": 2, "rank": 2}, "rank"),
+    ],
+)
+def test_bad_options_name_the_option(tmp_path: Path, kwargs: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        JiTDataModule(data_path=str(tmp_path), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs,key", [({"img_size": 32}, "img_size"), ({"mode": "jpg"}, "mode")])
+def test_mismatching_beton_is_refused(tmp_path: Path, beton_dir: Path, kwargs: dict, key: str) -> None:
+    options = dict(data_path=str(tmp_path), img_size=64, mode="raw", train_beton=str(beton_dir / "train_64_raw.beton"))
+    options.update(kwargs)
+    dm = JiTDataModule(**options)
+    with pytest.raises(BetonMismatchError, match=key):
+        dm.setup("fit")
+
+
+def test_missing_data(tmp_path: Path) -> None:
+    dm = JiTDataModule(data_path=str(tmp_path / "nowhere"), img_size=64, mode="raw", beton_dir=str(tmp_path / "b"))
+    with pytest.raises(FileNotFoundError, match="no .*nowhere/train to write it from"):
+        dm.prepare_data()
+    with pytest.raises(FileNotFoundError, match=r"prepare_data\(\)"):
+        dm.setup("fit")
+    assert not (tmp_path / "b").exists()
+
+
+# --------------------------------------------------------------------------- #
+# JiT's argparse namespace
+# --------------------------------------------------------------------------- #
+def test_create_jit_datamodule_maps_fields(tmp_path: Path) -> None:
+    args = argparse.Namespace(data_path=str(tmp_path), img_size=64, batch_size=4, num_workers=1, pin_mem=False,
+                              seed=7, lr=1e-4)
+    dm = create_jit_datamodule(args, mode="raw", flip_prob=0.25)
+    assert (dm.data_path, dm.img_size, dm.batch_size, dm.num_workers) == (tmp_path, 64, 4, 1)
+    assert (dm.pin_memory, dm.seed, dm.mode, dm.flip_prob) == (False, 7, "raw", 0.25)
+    assert dm.beton_path("train") == tmp_path / "ffcv" / "train_64_raw.beton"
+    bare = create_jit_datamodule(argparse.Namespace(data_path=str(tmp_path), img_size=256, batch_size=8,
+                                                    num_workers=2))
+    assert (bare.pin_memory, bare.seed, bare.mode) == (True, 0, "jpg")
+
+
+# --------------------------------------------------------------------------- #
+# Lightning
+# --------------------------------------------------------------------------- #
+class Recorder(pl.LightningModule):
+    """Tiny model that records every batch it trains on, per epoch, and the sampler order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(3, 4)
+        self.images: dict[int, list[np.ndarray]] = {}
+        self.labels: dict[int, list[int]] = {}
+        self.orders: dict[int, list[int]] = {}
+
+    def on_train_epoch_start(self) -> None:
+        sampler = self.trainer.train_dataloader.sampler
+        assert sampler.epoch == self.current_epoch
+        self.orders[self.current_epoch] = list(sampler)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        self.images.setdefault(self.current_epoch, []).append(x.numpy().copy())
+        self.labels.setdefault(self.current_epoch, []).extend(y.tolist())
+        return torch.nn.functional.cross_entropy(self.head(x.float().mean((2, 3)) / 255), y)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_lightning_advances_the_epoch(synthetic: SyntheticFolder, beton_dir: Path, reference: tuple) -> None:
+    ref_images, ref_labels = reference
+    dm = JiTDataModule(data_path=str(synthetic.root), img_size=64, batch_size=B, num_workers=1, mode="raw",
+                       write_workers=0, beton_dir=str(beton_dir), seed=SEED, flip_prob=0.5)
+    model = Recorder()
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                         limit_val_batches=0)
+    trainer.fit(model, datamodule=dm)
+
+    loader = trainer.train_dataloader
+    assert type(loader) is JiTLoader and loader is dm._train_loader
+    assert type(loader.sampler).__name__ == "EpochSampler"
+    assert sorted(model.labels) == [0, 1]
+    for epoch in (0, 1):
+        loader.sampler.set_epoch(epoch)
+        order = list(loader.sampler)
+        assert model.orders[epoch] == order
+        assert model.labels[epoch] == ref_labels[order].tolist()
+        # pixels identify the samples and the epoch of their flips
+        assert np.array_equal(np.concatenate(model.images[epoch]), expected_images(ref_images, order, epoch, 0.5))
+    assert model.orders[0] != model.orders[1]
+    # no decoding thread is left behind (each epoch was consumed, none was started for nothing)
+    for thread in [t for t in threading.enumerate() if isinstance(t, EpochIterator)]:
+        thread.join(timeout=5)
+        assert not thread.is_alive()

@@ -1,0 +1,114 @@
+"""A real 2-process DDP fit on CPU (gloo): each rank trains on exactly its predicted shard, per epoch."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ffcv.reader import Reader
+
+from jit_ffcv.ops import flip_mask
+from jit_ffcv.order import epoch_order
+from jit_ffcv.synthetic import SyntheticFolder
+from tests.conftest import read_beton
+from tests.ddp_fit import BATCH, FLIP, SEED
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).with_name("ddp_fit.py")
+N, W = 20, 2
+PER_RANK = -(-N // W)
+STEPS = PER_RANK // BATCH  # drop_last=True: 2 batches of 4 per rank and epoch
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ddp_env() -> dict[str, str]:
+    """Offline, 2-core friendly environment without any inherited launcher state."""
+    launcher = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                "MASTER_PORT", "PL_GLOBAL_SEED", "CUDA_VISIBLE_DEVICES")
+    env = {k: v for k, v in os.environ.items()
+           if k not in launcher and not k.startswith(("SLURM_", "TORCHELASTIC_", "PMI_", "OMPI_"))}
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+               HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    if Path("/sys/class/net/lo").exists():
+        env["GLOO_SOCKET_IFNAME"] = "lo"
+    return env
+
+
+def min_pages(beton: Path) -> np.ndarray:
+    """First page of each sample, read from the beton's allocation table (independent of jit_ffcv)."""
+    reader = Reader(str(beton))
+    table = reader.alloc_table
+    pages = np.full(reader.num_samples, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(pages, table["sample_id"].astype(np.int64), (table["ptr"] // reader.page_size).astype(np.int64))
+    return pages
+
+
+@pytest.fixture(scope="module")
+def ddp_run(synthetic: SyntheticFolder, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]:
+    beton_dir = tmp_path_factory.mktemp("ddp_betons")
+    out = tmp_path_factory.mktemp("ddp_out")
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(synthetic.root), str(beton_dir), str(out)],
+                          env=ddp_env(), cwd=str(out), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"DDP run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    runs = {r: json.loads((out / f"rank{r}.json").read_text()) for r in range(W)}
+    pixels = {r: dict(np.load(out / f"rank{r}.npz")) for r in range(W)}
+    return beton_dir / "train_64_raw.beton", runs, pixels
+
+
+def test_world_seen_by_every_rank(ddp_run: tuple) -> None:
+    _, runs, _ = ddp_run
+    assert sorted(run["global_rank"] for run in runs.values()) == [0, 1]
+    for rank, run in runs.items():
+        assert run["global_rank"] == rank and run["world_size"] == W
+        assert run["dm_world"] == [W, rank] and run["order_shard"] == [W, rank] and run["distributed"]
+        assert run["info"] == {"num_replicas": W, "rank": rank, "samples_per_rank": PER_RANK, "batches_per_rank": STEPS}
+        # Lightning kept our loader and its sampler view (no DataLoader / DistributedSampler injected)
+        assert (run["loader_type"], run["sampler_type"]) == ("JiTLoader", "EpochSampler")
+        assert sorted(run["epochs"]) == ["0", "1"]
+
+
+def test_each_rank_trains_on_its_predicted_shard(ddp_run: tuple) -> None:
+    beton, runs, pixels = ddp_run
+    images, labels = read_beton(beton)
+    pages = min_pages(beton)
+    for rank, run in runs.items():
+        for epoch in (0, 1):
+            record = run["epochs"][str(epoch)]
+            predicted = epoch_order(pages, np.arange(N), kind="quasi_random", num_replicas=W, rank=rank, seed=SEED,
+                                    epoch=epoch, buffer_pages=2 * BATCH).tolist()
+            assert record["sampler_epoch"] == epoch
+            assert record["sampler"] == predicted
+            assert record["len_loader"] == STEPS and record["positions"] == list(range(STEPS))
+            delivered = predicted[: STEPS * BATCH]
+            assert [len(b) for b in record["labels"]] == [BATCH] * STEPS
+            assert sum(record["labels"], []) == labels[delivered].tolist()
+            expected = images[delivered].copy()
+            flips = flip_mask(SEED, epoch, delivered, FLIP)
+            expected[flips] = expected[flips][:, :, ::-1]
+            assert np.array_equal(pixels[rank][str(epoch)], expected.transpose(0, 3, 1, 2))
+
+
+def test_ranks_partition_each_epoch(ddp_run: tuple) -> None:
+    _, runs, _ = ddp_run
+    for epoch in ("0", "1"):
+        shards = [runs[r]["epochs"][epoch]["sampler"] for r in range(W)]
+        assert [len(s) for s in shards] == [PER_RANK] * W
+        union = shards[0] + shards[1]
+        assert len(union) - N == PER_RANK * W - N == 0  # 20 = 2 * 10: no padding
+        assert sorted(union) == list(range(N))  # disjoint and complete
+    for rank in range(W):
+        assert runs[rank]["epochs"]["0"]["sampler"] != runs[rank]["epochs"]["1"]["sampler"]
