@@ -30,8 +30,10 @@ test: install
 demo: install
 	$(VENV)/bin/jit-ffcv demo
 
+# Measures on this machine and rewrites the README's tables and docs/bench_cpu.png.
 bench: install
-	$(VENV)/bin/jit-ffcv bench
+	$(VENV)/bin/jit-ffcv bench --quality-table --readme README.md --out bench_out
+	$(VENV)/bin/jit-ffcv bench --readme README.md --out bench_out --chart docs/bench_cpu.png
 
 clean:
 	rm -rf $(VENV) build *.egg-info

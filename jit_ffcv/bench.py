@@ -147,6 +147,35 @@ def writer_rates(scan: FolderScan, img_size: int, work: Path, workers: Sequence[
     return rates
 
 
+def quality_table(scan: FolderScan, sizes: Sequence[int], qualities: Sequence[int] = (75, 85, 90, 95, 100)) -> str:
+    """Markdown table of JPEG quality vs PSNR (to the exact crop) and size, decoded as the loader does."""
+    from ffcv.libffcv import imdecode
+
+    from writers.encode import crop_file, encode_jpeg
+
+    rows = ["| img_size | quality | mean PSNR dB | min PSNR dB | KiB/image | vs raw |", "|---|---|---|---|---|---|"]
+    for size in sizes:
+        crops = []
+        for path, _ in scan.samples:
+            try:
+                crops.append(crop_file(path, size))
+            except Exception:  # noqa: BLE001 - unreadable files are the writer's business, not this table's
+                continue
+        dst = np.empty((size, size, 3), dtype=np.uint8)
+        for q in qualities:
+            psnrs, nbytes = [], 0
+            for ref in crops:
+                data = np.frombuffer(encode_jpeg(ref, q), dtype=np.uint8)
+                nbytes += data.size
+                imdecode(data, dst, size, size, size, size, 0, 0, 1, 1, False, False)
+                mse = float(np.mean((dst.astype(np.float64) - ref) ** 2))
+                psnrs.append(99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse))
+            kib = nbytes / len(crops) / 1024
+            rows.append(f"| {size} | {q} | {np.mean(psnrs):.1f} | {np.min(psnrs):.1f} | {kib:.1f} | "
+                        f"{100 * kib * 1024 / (size * size * 3):.1f}% |")
+    return "\n".join(rows)
+
+
 # --------------------------------------------------------------------------- bounds
 def decode_rate_one_core(beton: Path, seconds: float = 1.5) -> float:
     """Images/s one core decodes (JPEG, FFCV's libjpeg-turbo call) or copies (raw) from ``beton``.
@@ -223,14 +252,15 @@ class PeakRSS:
         self.peak = max(self.peak, self._sample())
 
 
-def _time_epochs(iterate_epoch: Callable[[int], int], epochs: int) -> tuple[float, float]:
-    """(first epoch seconds, steady img/s over the remaining epochs)."""
+def _time_epochs(iterate_epoch: Callable[[int], int], epochs: int, min_seconds: float) -> tuple[float, float]:
+    """(first epoch seconds, steady img/s over at least ``epochs - 1`` epochs and ``min_seconds``)."""
     start = time.perf_counter()
     iterate_epoch(0)
     first = time.perf_counter() - start
-    images, start = 0, time.perf_counter()
-    for epoch in range(1, epochs):
+    images, epoch, start = 0, 1, time.perf_counter()
+    while epoch < epochs or time.perf_counter() - start < min_seconds:
         images += iterate_epoch(epoch)
+        epoch += 1
     return first, images / (time.perf_counter() - start)
 
 
@@ -309,7 +339,7 @@ def run_child(cfg: dict[str, Any]) -> dict[str, Any]:
     build = {"reference": _reference_epochs, "ffcv": _ffcv_epochs, "jit": _jit_epochs}[cfg["kind"]]
     with PeakRSS() as rss:
         iterate = build(cfg)
-        first, rate = _time_epochs(iterate, cfg["epochs"])
+        first, rate = _time_epochs(iterate, cfg["epochs"], cfg.get("min_seconds", 0.0))
     return {"first_epoch_s": first, "img_per_s": rate, "peak_rss_mib": rss.peak}
 
 
@@ -409,11 +439,14 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
     p.add_argument("--target-samples", type=int, default=3000, help="replicate the source up to about this many samples")
     p.add_argument("--epochs", type=int, default=4, help="FFCV epochs per pipeline (the first is warm-up)")
+    p.add_argument("--min-seconds", type=float, default=3.0, help="run FFCV pipelines at least this long (steady part)")
     p.add_argument("--out", default="bench_out", help="folder for the table, CSV, JSON, chart and cached betons")
     p.add_argument("--pipelines", nargs="*", default=None, help="substrings selecting pipelines (default: all)")
     p.add_argument("--skip-writer", action="store_true", help="skip the writer and memory-bound measurements")
     p.add_argument("--readme", default=None, help="README to update between <!-- bench:TAG --> markers")
     p.add_argument("--tag", default="cpu", help="marker tag used with --readme")
+    p.add_argument("--quality-table", action="store_true", help="only print the JPEG quality/PSNR/size table")
+    p.add_argument("--chart", default=None, help="where to save the PNG chart (default: OUT/chart.png)")
     return p
 
 
@@ -425,6 +458,13 @@ def main(args: argparse.Namespace) -> int:
     work = out / "betons"
     work.mkdir(parents=True, exist_ok=True)
     scan, source = dataset_scan(args.data_path, work)
+    if args.quality_table:
+        table = quality_table(scan, args.sizes)
+        print(f"JPEG quality vs PSNR against the exact crop, on {source}:\n{table}")
+        (out / "quality.md").write_text(table + "\n")
+        if args.readme:
+            update_readme(Path(args.readme), "quality", table)
+        return 0
     replicate = max(1, round(args.target_samples / len(scan.samples)))
     specs = [s for s in PIPELINES if not args.pipelines or any(k in s.name for k in args.pipelines)]
     info = machine_info(args.workers)
@@ -441,7 +481,8 @@ def main(args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"{size}px {spec.name}")
             cfg = {"kind": spec.kind, "img_size": size, "batch_size": args.batch_size, "workers": args.workers,
                    "flip": spec.flip, "output": spec.output, "os_cache": True,
-                   "epochs": 2 if spec.kind == "reference" else args.epochs}
+                   "epochs": 2 if spec.kind == "reference" else args.epochs,
+                   "min_seconds": 0.0 if spec.kind == "reference" else args.min_seconds}
             if spec.kind == "reference":
                 cfg |= {"samples": scan.samples, "replicate": replicate}
             else:
@@ -472,10 +513,12 @@ def main(args: argparse.Namespace) -> int:
         writer.writeheader()
         for r in results:
             writer.writerow({k: v for k, v in asdict(r).items() if k != "extra"})
-    chart(results, args.sizes, out / "chart.png")
+    chart_path = Path(args.chart) if args.chart else out / "chart.png"
+    chart_path.parent.mkdir(parents=True, exist_ok=True)
+    chart(results, args.sizes, chart_path)
     if args.readme:
         update_readme(Path(args.readme), args.tag, table)
-    print(f"\nsaved {out}/results.md, results.csv, results.json, chart.png")
+    print(f"\nsaved {out}/results.md, results.csv, results.json and {chart_path}")
     return 0
 
 

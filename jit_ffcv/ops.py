@@ -96,32 +96,45 @@ def flip_mask(seed: int, epoch: int, indices: np.ndarray, prob: float) -> np.nda
     return _flip_mask(seed, epoch, np.asarray(indices, dtype=np.int64), prob)
 
 
-@njit(nogil=True, inline="always")
+# The two kernels below index with uint64 on purpose: with signed indices numba
+# emits a negative-index wrap check on every access, which stops LLVM from turning
+# the 3-byte pixel reversal into byte shuffles (15-35x slower, measured).
+_U1, _U2, _U3 = np.uint64(1), np.uint64(2), np.uint64(3)
+
+
+@njit(nogil=True, fastmath=True, error_model="numpy")
 def mirror_inplace(image: np.ndarray) -> None:
-    """Mirror one HWC image left-right in place."""
-    height, width, channels = image.shape
+    """Mirror one C-contiguous HxWx3 uint8 image left-right in place (row via a temp buffer)."""
+    height, width = np.uint64(image.shape[0]), np.uint64(image.shape[1])
+    flat = image.reshape(-1)
+    row_bytes = _U3 * width
+    row = np.empty(image.shape[1] * 3, dtype=np.uint8)
     for r in range(height):
-        row = image[r]
-        for c in range(width // 2):
-            o = width - 1 - c
-            for k in range(channels):
-                tmp = row[c, k]
-                row[c, k] = row[o, k]
-                row[o, k] = tmp
-
-
-@njit(nogil=True, inline="always")
-def mirror_copy(source: np.ndarray, image: np.ndarray) -> None:
-    """Write the mirror of ``source`` (flat HWC bytes) into the HWC ``image``."""
-    height, width, channels = image.shape
-    src = source.reshape(height, width, channels)
-    for r in range(height):
-        s = src[r]
-        d = image[r]
+        base = r * row_bytes
+        for j in range(row_bytes):
+            row[j] = flat[base + j]
         for c in range(width):
-            o = width - 1 - c
-            for k in range(channels):
-                d[c, k] = s[o, k]
+            out = base + _U3 * c
+            src = _U3 * (width - _U1 - c)
+            flat[out] = row[src]
+            flat[out + _U1] = row[src + _U1]
+            flat[out + _U2] = row[src + _U2]
+
+
+@njit(nogil=True, fastmath=True, error_model="numpy")
+def mirror_copy(source: np.ndarray, image: np.ndarray) -> None:
+    """Write the mirror of ``source`` (flat HWC bytes) into the C-contiguous HxWx3 ``image``."""
+    height, width = np.uint64(image.shape[0]), np.uint64(image.shape[1])
+    dst = image.reshape(-1)
+    row_bytes = _U3 * width
+    for r in range(height):
+        base = r * row_bytes
+        for c in range(width):
+            out = base + _U3 * c
+            src = base + _U3 * (width - _U1 - c)
+            dst[out] = source[src]
+            dst[out + _U1] = source[src + _U1]
+            dst[out + _U2] = source[src + _U2]
 
 
 def _check_prob(flip_prob: float) -> float:
