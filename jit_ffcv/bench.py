@@ -137,8 +137,11 @@ def build_betons(scan: FolderScan, img_size: int, names: Iterable[str], replicat
     return out
 
 
-def writer_rates(scan: FolderScan, img_size: int, work: Path, workers: Sequence[int]) -> dict[int, float]:
-    """Writer img/s (jpg q90) on the unique images for each worker count (steady state, no cache)."""
+def writer_rates(scan: FolderScan, img_size: int, work: Path, workers: Sequence[int],
+                 min_images: int = 900) -> dict[int, float]:
+    """Writer img/s (jpg q90, whole run: pool start, crop, encode, write, SHA-256) per worker count."""
+    times = -(-min_images // len(scan.samples))
+    scan = FolderScan(scan.root, scan.classes, scan.samples * times, scan.ignored)
     rates = {}
     for n in workers:
         meta = write_beton(scan, work / f"writer_{img_size}_{n}.beton", img_size=img_size, mode="jpg", quality=90,
@@ -173,6 +176,40 @@ def quality_table(scan: FolderScan, sizes: Sequence[int], qualities: Sequence[in
             kib = nbytes / len(crops) / 1024
             rows.append(f"| {size} | {q} | {np.mean(psnrs):.1f} | {np.min(psnrs):.1f} | {kib:.1f} | "
                         f"{100 * kib * 1024 / (size * size * 3):.1f}% |")
+    return "\n".join(rows)
+
+
+def pages_report(beton: Path | None, worlds: Sequence[int] = (1, 2, 8), seed: int = 0) -> str:
+    """Markdown table: pages each rank reads per epoch, quasi-random vs DistributedSampler-style.
+
+    Uses the page of every sample in ``beton`` if given, and a simulated ImageNet-1k
+    train beton (1,281,167 samples, 380 per 8 MiB page, about 22 KiB each at 256 q90).
+    """
+    from jit_ffcv.order import epoch_order, max_open_pages, pages_touched
+
+    layouts: list[tuple[str, np.ndarray]] = []
+    if beton is not None:
+        from ffcv.reader import Reader
+
+        reader = Reader(str(beton))
+        table = reader.alloc_table
+        page = np.full(int(reader.num_samples), -1, dtype=np.int64)
+        page[table["sample_id"].astype(np.int64)] = (table["ptr"] // int(reader.page_size)).astype(np.int64)
+        layouts.append((f"{beton.name} ({len(page):,} samples)", page))
+    layouts.append(("simulated ImageNet-1k 256 q90 (1,281,167 samples)", np.arange(1_281_167) // 380))
+    rows = ["| beton | W | pages in file | quasi-random: pages per rank (max) | max open pages | "
+            "strided DistributedSampler: pages per rank |", "|---|---|---|---|---|---|"]
+    for name, page in layouts:
+        indices = np.arange(len(page))
+        total = len(np.unique(page))
+        for w in worlds:
+            quasi = [epoch_order(page, indices, kind="quasi_random", num_replicas=w, rank=r, seed=seed, epoch=0,
+                                 buffer_pages=256) for r in range(w)]
+            perm = np.random.default_rng(seed).permutation(len(page))
+            strided = [perm[r::w] for r in range(w)]  # torch DistributedSampler: indices[rank::W]
+            rows.append(f"| {name} | {w} | {total:,} | {max(pages_touched(o, page) for o in quasi):,} | "
+                        f"{max(max_open_pages(o, page) for o in quasi):,} | "
+                        f"{max(pages_touched(o, page) for o in strided):,} |")
     return "\n".join(rows)
 
 
@@ -323,13 +360,18 @@ def _jit_epochs(cfg: dict[str, Any]) -> Callable[[int], int]:
                        batch_size=cfg["batch_size"], num_workers=cfg["workers"], mode=mode, quality=quality,
                        train_beton=cfg["beton"], val_beton=str(Path(cfg["beton"]).with_suffix(".none")),
                        flip_prob=0.5 if cfg["flip"] else 0.0, output=cfg["output"], os_cache=cfg["os_cache"],
-                       buffer_pages=cfg.get("buffer_pages"))
+                       buffer_pages=cfg.get("buffer_pages"), device=cfg.get("device"))
     dm.setup("fit")
     loader = dm.train_dataloader()
 
     def epoch(e: int) -> int:
+        import torch
+
         loader.sampler.set_epoch(e)
-        return sum(len(y) for _, y in loader)
+        n = sum(len(y) for _, y in loader)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # count only batches that really arrived on the device
+        return n
 
     return epoch
 
@@ -389,7 +431,7 @@ def markdown(results: list[Result], sizes: Sequence[int], info: dict[str, Any], 
 
 
 def chart(results: list[Result], sizes: Sequence[int], path: Path) -> None:
-    """Horizontal bar chart of img/s per pipeline and size."""
+    """Horizontal bars of img/s per pipeline and size, log scale, each bar labelled."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -397,15 +439,19 @@ def chart(results: list[Result], sizes: Sequence[int], path: Path) -> None:
 
     names = list(dict.fromkeys(r.name for r in results))
     by = {(r.name, r.img_size): r.img_per_s for r in results}
-    fig, ax = plt.subplots(figsize=(9, 0.55 * len(names) * len(sizes) + 1.5))
+    fig, ax = plt.subplots(figsize=(10, 0.5 * len(names) * len(sizes) + 1.2))
     height = 0.8 / len(sizes)
     for k, s in enumerate(sizes):
         ys = np.arange(len(names)) + k * height
-        ax.barh(ys, [by.get((n, s), 0) for n in names], height=height, label=f"{s}px")
+        values = [by.get((n, s), 0) for n in names]
+        bars = ax.barh(ys, values, height=height, label=f"{s}px")
+        ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], padding=3, fontsize=8)
     ax.set_yticks(np.arange(len(names)) + height * (len(sizes) - 1) / 2, names)
     ax.invert_yaxis()
-    ax.set_xlabel("images / second (higher is better)")
-    ax.legend()
+    ax.set_xscale("log")
+    ax.set_xlim(right=max(by.values()) * 4)
+    ax.set_xlabel("images / second, log scale (higher is better)")
+    ax.legend(loc="lower right")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -446,6 +492,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--readme", default=None, help="README to update between <!-- bench:TAG --> markers")
     p.add_argument("--tag", default="cpu", help="marker tag used with --readme")
     p.add_argument("--quality-table", action="store_true", help="only print the JPEG quality/PSNR/size table")
+    p.add_argument("--device", default="cpu", help="also measure jit-ffcv with batches delivered on this device "
+                   "(e.g. cuda): uint8 and JiT's float x/255*2-1")
+    p.add_argument("--pages", action="store_true", help="only print pages read per rank for W=1,2,8")
     p.add_argument("--chart", default=None, help="where to save the PNG chart (default: OUT/chart.png)")
     return p
 
@@ -458,6 +507,15 @@ def main(args: argparse.Namespace) -> int:
     work = out / "betons"
     work.mkdir(parents=True, exist_ok=True)
     scan, source = dataset_scan(args.data_path, work)
+    if args.pages:
+        unique = build_betons(scan, args.sizes[0], ["jpg90"], max(1, round(args.target_samples / len(scan.samples))),
+                              work, args.workers, progress=False)["jpg90"]
+        table = pages_report(unique)
+        print(table)
+        (out / "pages.md").write_text(table + "\n")
+        if args.readme:
+            update_readme(Path(args.readme), "pages", table)
+        return 0
     if args.quality_table:
         table = quality_table(scan, args.sizes)
         print(f"JPEG quality vs PSNR against the exact crop, on {source}:\n{table}")
@@ -467,6 +525,9 @@ def main(args: argparse.Namespace) -> int:
         return 0
     replicate = max(1, round(args.target_samples / len(scan.samples)))
     specs = [s for s in PIPELINES if not args.pipelines or any(k in s.name for k in args.pipelines)]
+    if args.device != "cpu":
+        specs += [Spec(f"jit-ffcv DataModule → {args.device} {out}, jpg q90", "jit", "jpg90", output=out)
+                  for out in ("uint8", "float")]
     info = machine_info(args.workers)
     results: list[Result] = []
     notes = [f"Data: {source}, {len(scan.samples)} images replicated ×{replicate} = "
@@ -481,6 +542,7 @@ def main(args: argparse.Namespace) -> int:
             bar.set_postfix_str(f"{size}px {spec.name}")
             cfg = {"kind": spec.kind, "img_size": size, "batch_size": args.batch_size, "workers": args.workers,
                    "flip": spec.flip, "output": spec.output, "os_cache": True,
+                   "device": args.device if spec.name.startswith("jit-ffcv DataModule →") else None,
                    "epochs": 2 if spec.kind == "reference" else args.epochs,
                    "min_seconds": 0.0 if spec.kind == "reference" else args.min_seconds}
             if spec.kind == "reference":
@@ -530,9 +592,10 @@ def _writer_and_memory_notes(scan: FolderScan, args: argparse.Namespace, work: P
         rates = writer_rates(scan, size, work, sorted({1, args.workers}))
         r1, rn = rates[1], rates[max(rates)]
         eff = rn / (r1 * max(rates))
-        hours = imagenet / (r1 * 16 * min(eff, 1.0)) / 3600
+        minutes = imagenet / (r1 * 16 * min(eff, 1.0)) / 60
         notes.append(f"Writer {size}px jpg q90: {r1:,.0f} img/s with 1 worker, {rn:,.0f} with {max(rates)} "
-                     f"({100 * eff:.0f}% linear); ImageNet-1k train on 16 such cores ≈ {hours:.1f} h (extrapolated).")
+                     f"({100 * eff:.0f}% linear); ImageNet-1k train (1,281,167 images) on 16 such cores ≈ "
+                     f"{minutes:.0f} min, extrapolated at that efficiency, files in the page cache.")
     size = args.sizes[0]
     unique = build_betons(scan, size, ["raw"], 1, work, args.workers, progress=False)["raw"]
     rss = []
@@ -544,6 +607,8 @@ def _writer_and_memory_notes(scan: FolderScan, args: argparse.Namespace, work: P
                "flip": True, "output": "uint8", "os_cache": False, "buffer_pages": 8, "epochs": 2,
                "beton": str(big), "beton_name": "raw"}
         rss.append((times, big.stat().st_size / 2**20, _spawn(cfg)["peak_rss_mib"]))
+    notes.append("RSS is the peak of the loading process plus its worker processes (the reference's DataLoader "
+                 "workers share pages, so its figure over-counts somewhat).")
     notes.append("Loader RSS with FFCV's process cache (os_cache=False, buffer_pages=8): " + "; ".join(
         f"beton {mib:,.0f} MiB → peak RSS {peak:,.0f} MiB" for _, mib, peak in rss) + ".")
     return notes
