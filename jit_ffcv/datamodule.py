@@ -19,11 +19,8 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import numba
 import torch
-from ffcv.fields.basics import IntDecoder
-from ffcv.fields.rgb_image import SimpleRGBImageDecoder
-from ffcv.pipeline.operation import Operation
-from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage
 
+from jit_ffcv._ffcv import IntDecoder, Operation, SimpleRGBImageDecoder, Squeeze, ToDevice, ToTensor, ToTorchImage
 from jit_ffcv.crop import center_crop_arr
 from jit_ffcv.loader import JiTLoader
 from jit_ffcv.ops import EpochCell, FlipDecoder, ToUnitRange

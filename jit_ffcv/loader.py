@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import torch
-from ffcv.loader import Loader
 
+from jit_ffcv._ffcv import Loader
 from jit_ffcv.ops import EpochCell
 
 

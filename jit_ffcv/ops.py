@@ -22,14 +22,19 @@ from dataclasses import replace
 from typing import Callable
 
 import numpy as np
-from ffcv.fields.rgb_image import IMAGE_MODES, SimpleRGBImageDecoder
-from ffcv.libffcv import imdecode, memcpy
-from ffcv.pipeline.allocation_query import AllocationQuery
-from ffcv.pipeline.compiler import Compiler
-from ffcv.pipeline.operation import Operation
-from ffcv.pipeline.state import State
 from numba import njit, types
 from numba.extending import intrinsic
+
+from jit_ffcv._ffcv import (
+    IMAGE_MODES,
+    AllocationQuery,
+    Compiler,
+    Operation,
+    SimpleRGBImageDecoder,
+    State,
+    imdecode,
+    memcpy,
+)
 
 __all__ = ["EpochCell", "FlipDecoder", "SeededHorizontalFlip", "ToUnitRange", "flip_decision", "flip_mask", "read_int64"]
 

@@ -23,7 +23,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, Union
 
 import numpy as np
-from ffcv.traversal_order.base import TraversalOrder
+
+from jit_ffcv._ffcv import TraversalOrder
 
 if TYPE_CHECKING:
     from ffcv.loader.loader import Loader

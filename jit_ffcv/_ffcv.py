@@ -1,0 +1,50 @@
+"""The FFCV names jit-ffcv uses, imported without FFCV's side effect on torch's threads.
+
+FFCV's ``Compiler.set_num_threads`` sets numba's thread count (which decoding
+needs) and torch's intra-op thread count (which it does not): to 1 when FFCV is
+first imported, then to ``num_workers`` at every ``Loader`` construction and
+epoch. That silently changes how fast the user's own CPU-side torch code runs.
+Importing FFCV through this module keeps numba's behaviour and leaves torch's
+thread count as the user set it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+_first_import = "ffcv" not in sys.modules
+_torch_threads = torch.get_num_threads()
+
+from ffcv.fields.basics import IntDecoder  # noqa: E402  (the first FFCV import sets torch to 1 thread)
+from ffcv.fields.rgb_image import IMAGE_MODES, SimpleRGBImageDecoder  # noqa: E402
+from ffcv.libffcv import imdecode, memcpy  # noqa: E402
+from ffcv.loader import Loader  # noqa: E402
+from ffcv.pipeline.allocation_query import AllocationQuery  # noqa: E402
+from ffcv.pipeline.compiler import Compiler  # noqa: E402
+from ffcv.pipeline.operation import Operation  # noqa: E402
+from ffcv.pipeline.state import State  # noqa: E402
+from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage  # noqa: E402
+from ffcv.traversal_order.base import TraversalOrder  # noqa: E402
+
+if _first_import:
+    torch.set_num_threads(_torch_threads)
+
+_ffcv_set_num_threads = Compiler.set_num_threads.__func__
+
+
+def _set_numba_threads(cls: type, n: int) -> None:
+    """FFCV's ``set_num_threads`` for numba, with torch's thread count restored."""
+    keep = torch.get_num_threads()
+    _ffcv_set_num_threads(cls, n)
+    torch.set_num_threads(keep)
+
+
+if getattr(Compiler.set_num_threads, "__func__", None) is not _set_numba_threads:
+    Compiler.set_num_threads = classmethod(_set_numba_threads)  # type: ignore[method-assign]
+
+__all__ = [
+    "IMAGE_MODES", "AllocationQuery", "Compiler", "IntDecoder", "Loader", "Operation", "SimpleRGBImageDecoder",
+    "Squeeze", "State", "ToDevice", "ToTensor", "ToTorchImage", "TraversalOrder", "imdecode", "memcpy",
+]
