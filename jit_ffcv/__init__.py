@@ -21,6 +21,10 @@ _EXPORTS: dict[str, str] = {
     "SequentialOrder": "jit_ffcv.order",
     "SeededHorizontalFlip": "jit_ffcv.ops",
     "FlipDecoder": "jit_ffcv.ops",
+    "ToUnitRange": "jit_ffcv.ops",
+    "EpochCell": "jit_ffcv.ops",
+    "JiTLoader": "jit_ffcv.loader",
+    "epoch_order": "jit_ffcv.order",
     "write_beton": "writers.beton",
     "read_metadata": "writers.metadata",
 }
