@@ -227,8 +227,7 @@ def decode_rate_one_core(beton: Path, seconds: float = 1.5) -> float:
     from writers.metadata import read_metadata
 
     meta = read_metadata(beton)
-    payloads, _ = read_payloads(beton)
-    payloads = payloads[: min(len(payloads), 600)]
+    payloads, _ = read_payloads(beton, limit=600)
     flat = np.frombuffer(b"".join(payloads), dtype=np.uint8)
     offsets = np.cumsum([0] + [len(p) for p in payloads]).astype(np.int64)
     size = meta.img_size
@@ -254,12 +253,26 @@ def decode_rate_one_core(beton: Path, seconds: float = 1.5) -> float:
 
 
 # --------------------------------------------------------------------------- children
+def _own_peak_mib() -> float:
+    """This process's peak resident memory since its ``exec``, from /proc (Linux) or psutil."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
 class PeakRSS:
     """Peak memory of this process plus its worker processes, in MiB.
 
-    This process's own peak is the kernel's exact ``ru_maxrss``; workers (the
-    reference's DataLoader processes) are sampled every 0.5 s. Sampling more often
-    costs measurable CPU (psutil walks /proc), which would slow what we measure.
+    This process's own peak is the kernel's exact high-water mark (``VmHWM``; not
+    ``ru_maxrss``, which survives ``exec`` and would report the parent's size);
+    workers (the reference's DataLoader processes) are sampled every 0.5 s.
+    Sampling more often costs measurable CPU (psutil walks /proc).
     """
 
     INTERVAL_S = 0.5
@@ -273,9 +286,7 @@ class PeakRSS:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> float:
-        import resource
-
-        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        own = _own_peak_mib()
         workers = 0
         for child in self._proc.children(recursive=True):
             try:
@@ -616,7 +627,7 @@ def _writer_and_memory_notes(scan: FolderScan, args: argparse.Namespace, work: P
                "flip": True, "output": "uint8", "os_cache": False, "buffer_pages": 8, "epochs": 2,
                "beton": str(big), "beton_name": "raw"}
         rss.append((times, big.stat().st_size / 2**20, _spawn(cfg)["peak_rss_mib"]))
-    notes.append("RSS: the loading process's peak (ru_maxrss) plus its worker processes sampled every 0.5 s "
+    notes.append("RSS: the loading process's peak (VmHWM) plus its worker processes sampled every 0.5 s "
                  "(the reference's DataLoader workers share pages with it, so its figure over-counts somewhat).")
     notes.append("Loader RSS with FFCV's process cache (os_cache=False, buffer_pages=8): " + "; ".join(
         f"beton {mib:,.0f} MiB → peak RSS {peak:,.0f} MiB" for _, mib, peak in rss) + ".")

@@ -210,17 +210,17 @@ def write_beton(
     return meta
 
 
-def read_payloads(beton: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
-    """Stored image payloads (JPEG or raw bytes) and labels of a beton, in sample order."""
+def read_payloads(beton: str | os.PathLike, limit: int | None = None) -> tuple[list[bytes], np.ndarray]:
+    """Stored image payloads (JPEG or raw bytes) and labels of a beton, in sample order (first ``limit``)."""
     from ffcv.reader import Reader
 
     reader = Reader(str(beton))
     table = reader.alloc_table
     size_of = dict(zip(table["ptr"].tolist(), table["size"].tolist()))
     data = np.memmap(beton, dtype=np.uint8, mode="r")
-    ptrs = reader.metadata["f0"]["data_ptr"].tolist()
+    ptrs = reader.metadata["f0"]["data_ptr"][:limit].tolist()
     payloads = [data[p : p + size_of[p]].tobytes() for p in ptrs]
-    return payloads, np.array(reader.metadata["f1"]).reshape(-1)
+    return payloads, np.array(reader.metadata["f1"][:limit]).reshape(-1)
 
 
 def replicate_beton(src: str | os.PathLike, out: str | os.PathLike, times: int) -> BetonMetadata:
