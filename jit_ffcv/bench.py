@@ -619,7 +619,7 @@ def _writer_and_memory_notes(scan: FolderScan, args: argparse.Namespace, work: P
     size = args.sizes[0]
     unique = build_betons(scan, size, ["raw"], 1, work, args.workers, progress=False)["raw"]
     rss = []
-    for times in (4, 16):
+    for times in (4, 20):  # payloads 5x apart
         big = work / f"rss_{size}_raw_x{times}.beton"
         if not big.exists():
             replicate_beton(unique, big, times)

@@ -158,3 +158,26 @@ def test_real_imagenet_sample(tmp_path: Path) -> None:
         np.testing.assert_array_equal(raw_images[i], ref, err_msg=path)
         scores.append(psnr(jpg_images[i], ref))
     assert min(scores) > 26.0 and float(np.mean(scores)) > 34.0, (min(scores), np.mean(scores))
+
+
+def test_killed_writer_leaves_no_finished_file(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = make_image_folder(tmp_path / "data", num_classes=4, per_class=40, broken=False, val=False).root
+    out = tmp_path / "out" / "train.beton"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jit_ffcv.cli", "write", "--data-path", str(data), "--img-size", "256",
+         "--mode", "raw", "--num-workers", "1", "--out", str(out)],
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not list(out.parent.glob(".train.beton.*.partial")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL  # killed while writing, not after finishing
+    assert not out.exists() and not sidecar_path(out).exists()
+    assert len(list(out.parent.glob(".train.beton.*.partial"))) == 1  # only the hidden partial file remains

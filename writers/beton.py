@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import socket
 import sys
 import time
 from collections import deque
@@ -137,6 +138,20 @@ class _BetonFile:
             self.writer.metadata_sm.unlink()
 
 
+def _partial_path(out: Path) -> Path:
+    """Hidden temporary name of ``out`` while it is written, unique per host and process."""
+    return out.with_name(f".{out.name}.{socket.gethostname()}-{os.getpid()}.partial")
+
+
+def _publish(partial: Path, out: Path, meta: BetonMetadata) -> None:
+    """Give a finished beton its final name: sidecar first, then the beton, each by atomic rename."""
+    sidecar = sidecar_path(out)
+    tmp = partial.with_name(partial.name + ".json")
+    tmp.write_text(meta.to_json())
+    os.replace(tmp, sidecar)
+    os.replace(partial, out)
+
+
 def write_beton(
     scan: FolderScan,
     out: str | os.PathLike,
@@ -152,15 +167,17 @@ def write_beton(
 ) -> BetonMetadata:
     """Write the samples of ``scan`` to ``out`` and its JSON sidecar; return the metadata.
 
-    The beton is written as ``.NAME.partial`` and renamed only when complete, its
-    sidecar first, so a killed writer never leaves a file that looks finished.
+    The beton is written as ``.NAME.<host>-<pid>.partial`` and renamed only when
+    complete, its sidecar first, so a killed writer never leaves a file that looks
+    finished, and two writers of the same beton (rank 0 of two nodes sharing a file
+    system) never write into the same file.
     """
     _validate(img_size, mode, quality, num_workers)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     samples = scan.samples[:limit] if limit is not None else scan.samples
     tasks = [(i, path, label) for i, (path, label) in enumerate(samples)]
-    partial = out.with_name(f".{out.name}.partial")
+    partial = _partial_path(out)
     beton = _BetonFile(partial, max(len(tasks), 1), mode, quality)
     start = time.perf_counter()  # after FFCV's import and the file header: time spent on images
     skipped: list[dict[str, str]] = []
@@ -205,8 +222,7 @@ def write_beton(
         num_workers=num_workers,
         writer_version=jit_ffcv.__version__,
     )
-    sidecar_path(out).write_text(meta.to_json())
-    os.replace(partial, out)
+    _publish(partial, out, meta)
     return meta
 
 
@@ -236,7 +252,7 @@ def replicate_beton(src: str | os.PathLike, out: str | os.PathLike, times: int) 
     meta = read_metadata(src)
     payloads, labels = read_payloads(src)
     out = Path(out)
-    partial = out.with_name(f".{out.name}.partial")
+    partial = _partial_path(out)
     beton = _BetonFile(partial, len(payloads) * times, meta.mode, meta.quality or DEFAULT_QUALITY)
     try:
         for _ in range(times):
@@ -253,8 +269,7 @@ def replicate_beton(src: str | os.PathLike, out: str | os.PathLike, times: int) 
     meta.payload_bytes = beton.payload_bytes
     meta.sha256 = file_sha256(partial)
     meta.source = f"{meta.source} (x{times} via replicate_beton)"
-    sidecar_path(out).write_text(meta.to_json())
-    os.replace(partial, out)
+    _publish(partial, out, meta)
     return meta
 
 
