@@ -150,13 +150,19 @@ def writer_rates(scan: FolderScan, img_size: int, work: Path, workers: Sequence[
     return rates
 
 
-def quality_table(scan: FolderScan, sizes: Sequence[int], qualities: Sequence[int] = (75, 85, 90, 95, 100)) -> str:
-    """Markdown table of JPEG quality vs PSNR (to the exact crop) and size, decoded as the loader does."""
+#: (chroma subsampling, quality) rows of the quality table; Pillow's default 4:2:0 is what the writer stores
+QUALITY_ROWS: tuple[tuple[str, int], ...] = (("4:2:0", 75), ("4:2:0", 85), ("4:2:0", 90), ("4:2:0", 95),
+                                             ("4:2:0", 100), ("4:4:4", 90), ("4:4:4", 95))
+
+
+def quality_table(scan: FolderScan, sizes: Sequence[int], rows: Sequence[tuple[str, int]] = QUALITY_ROWS) -> str:
+    """Markdown table of JPEG settings vs PSNR (to the exact crop), size and one core's decode time."""
     from ffcv.libffcv import imdecode
 
     from writers.encode import crop_file, encode_jpeg
 
-    rows = ["| img_size | quality | mean PSNR dB | min PSNR dB | KiB/image | vs raw |", "|---|---|---|---|---|---|"]
+    lines = ["| img_size | chroma | quality | mean PSNR dB | min PSNR dB | KiB/image | vs raw | decode µs/img (1 core) |",
+             "|---|---|---|---|---|---|---|---|"]
     for size in sizes:
         crops = []
         for path, _ in scan.samples:
@@ -165,18 +171,18 @@ def quality_table(scan: FolderScan, sizes: Sequence[int], qualities: Sequence[in
             except Exception:  # noqa: BLE001 - unreadable files are the writer's business, not this table's
                 continue
         dst = np.empty((size, size, 3), dtype=np.uint8)
-        for q in qualities:
-            psnrs, nbytes = [], 0
-            for ref in crops:
-                data = np.frombuffer(encode_jpeg(ref, q), dtype=np.uint8)
-                nbytes += data.size
-                imdecode(data, dst, size, size, size, size, 0, 0, 1, 1, False, False)
+        for chroma, q in rows:
+            payloads = [encode_jpeg(ref, q, subsampling=chroma) for ref in crops]
+            psnrs = []
+            for ref, payload in zip(crops, payloads):
+                imdecode(np.frombuffer(payload, dtype=np.uint8), dst, size, size, size, size, 0, 0, 1, 1, False, False)
                 mse = float(np.mean((dst.astype(np.float64) - ref) ** 2))
                 psnrs.append(99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse))
-            kib = nbytes / len(crops) / 1024
-            rows.append(f"| {size} | {q} | {np.mean(psnrs):.1f} | {np.min(psnrs):.1f} | {kib:.1f} | "
-                        f"{100 * kib * 1024 / (size * size * 3):.1f}% |")
-    return "\n".join(rows)
+            kib = sum(len(p) for p in payloads) / len(payloads) / 1024
+            micros = 1e6 / payload_rate_one_core(payloads, size, True, seconds=0.5)
+            lines.append(f"| {size} | {chroma} | {q} | {np.mean(psnrs):.1f} | {np.min(psnrs):.1f} | {kib:.1f} | "
+                         f"{100 * kib * 1024 / (size * size * 3):.1f}% | {micros:.0f} |")
+    return "\n".join(lines)
 
 
 def pages_report(beton: Path | None, worlds: Sequence[int] = (1, 2, 8), seed: int = 0) -> str:
@@ -214,8 +220,8 @@ def pages_report(beton: Path | None, worlds: Sequence[int] = (1, 2, 8), seed: in
 
 
 # --------------------------------------------------------------------------- bounds
-def decode_rate_one_core(beton: Path, seconds: float = 1.5) -> float:
-    """Images/s one core decodes (JPEG, FFCV's libjpeg-turbo call) or copies (raw) from ``beton``.
+def payload_rate_one_core(payloads: Sequence[bytes], size: int, jpg: bool, seconds: float = 1.5) -> float:
+    """Images/s one core decodes (JPEG, FFCV's libjpeg-turbo call) or copies (raw) ``payloads``.
 
     The loop is numba-compiled and single-threaded, exactly the call FFCV's decoder
     makes per image, so it is the per-core ceiling any FFCV-based loader can reach.
@@ -224,15 +230,9 @@ def decode_rate_one_core(beton: Path, seconds: float = 1.5) -> float:
     from ffcv.pipeline.compiler import Compiler
     from numba import njit
 
-    from writers.metadata import read_metadata
-
-    meta = read_metadata(beton)
-    payloads, _ = read_payloads(beton, limit=600)
     flat = np.frombuffer(b"".join(payloads), dtype=np.uint8)
     offsets = np.cumsum([0] + [len(p) for p in payloads]).astype(np.int64)
-    size = meta.img_size
     dst = np.empty((size, size, 3), dtype=np.uint8)
-    jpg = meta.mode == "jpg"
     decode_c, copy_c = Compiler.compile(imdecode), Compiler.compile(memcpy)
 
     @njit(nogil=True)
@@ -250,6 +250,15 @@ def decode_rate_one_core(beton: Path, seconds: float = 1.5) -> float:
         one_pass(flat, offsets, dst)
         done += len(payloads)
     return done / (time.perf_counter() - start)
+
+
+def decode_rate_one_core(beton: Path, seconds: float = 1.5) -> float:
+    """:func:`payload_rate_one_core` of the first 600 images stored in ``beton``."""
+    from writers.metadata import read_metadata
+
+    meta = read_metadata(beton)
+    payloads, _ = read_payloads(beton, limit=600)
+    return payload_rate_one_core(payloads, meta.img_size, meta.mode == "jpg", seconds)
 
 
 # --------------------------------------------------------------------------- children

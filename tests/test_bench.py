@@ -51,10 +51,10 @@ def test_update_readme_needs_markers(tmp_path: Path) -> None:
 def test_quality_table_rows(tiny_dataset: Path) -> None:
     from writers.folder import scan_split
 
-    table = bench.quality_table(scan_split(tiny_dataset / "train"), [32], qualities=(50, 100))
+    table = bench.quality_table(scan_split(tiny_dataset / "train"), [32], rows=(("4:2:0", 50), ("4:4:4", 100)))
     lines = table.splitlines()
-    assert len(lines) == 4 and lines[2].startswith("| 32 | 50 |") and lines[3].startswith("| 32 | 100 |")
-    psnr50, psnr100 = float(lines[2].split("|")[3]), float(lines[3].split("|")[3])
+    assert len(lines) == 4 and lines[2].startswith("| 32 | 4:2:0 | 50 |") and lines[3].startswith("| 32 | 4:4:4 | 100 |")
+    psnr50, psnr100 = float(lines[2].split("|")[4]), float(lines[3].split("|")[4])
     assert psnr100 > psnr50
 
 

@@ -40,10 +40,10 @@ def crop_file(path: str, img_size: int) -> np.ndarray:
     return np.asarray(center_crop_arr(load_rgb(path), img_size))
 
 
-def encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
-    """Baseline JPEG (4:2:0, libjpeg-turbo via Pillow) of an RGB array."""
+def encode_jpeg(pixels: np.ndarray, quality: int, subsampling: str = "4:2:0") -> bytes:
+    """Baseline JPEG (libjpeg-turbo via Pillow) of an RGB array; the writer stores 4:2:0."""
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality)
+    Image.fromarray(pixels).save(buf, format="JPEG", quality=quality, subsampling=subsampling)
     return buf.getvalue()
 
 
