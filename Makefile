@@ -33,6 +33,7 @@ demo: install
 # Measures on this machine and rewrites the README's tables and docs/bench_cpu.png.
 bench: install
 	$(VENV)/bin/jit-ffcv bench --quality-table --readme README.md --out bench_out
+	$(VENV)/bin/jit-ffcv bench --pages --readme README.md --out bench_out
 	$(VENV)/bin/jit-ffcv bench --readme README.md --out bench_out --chart docs/bench_cpu.png
 
 clean:

@@ -17,16 +17,20 @@ import torch
 _first_import = "ffcv" not in sys.modules
 _torch_threads = torch.get_num_threads()
 
-from ffcv.fields.basics import IntDecoder  # noqa: E402  (the first FFCV import sets torch to 1 thread)
+from ffcv.fields import IntField, RGBImageField  # noqa: E402  (the first FFCV import sets torch to 1 thread)
+from ffcv.fields.basics import IntDecoder  # noqa: E402
 from ffcv.fields.rgb_image import IMAGE_MODES, SimpleRGBImageDecoder  # noqa: E402
 from ffcv.libffcv import imdecode, memcpy  # noqa: E402
 from ffcv.loader import Loader  # noqa: E402
+from ffcv.memory_allocator import MemoryAllocator  # noqa: E402
 from ffcv.pipeline.allocation_query import AllocationQuery  # noqa: E402
 from ffcv.pipeline.compiler import Compiler  # noqa: E402
 from ffcv.pipeline.operation import Operation  # noqa: E402
 from ffcv.pipeline.state import State  # noqa: E402
+from ffcv.reader import Reader  # noqa: E402
 from ffcv.transforms import Squeeze, ToDevice, ToTensor, ToTorchImage  # noqa: E402
 from ffcv.traversal_order.base import TraversalOrder  # noqa: E402
+from ffcv.writer import DatasetWriter  # noqa: E402
 
 if _first_import:
     torch.set_num_threads(_torch_threads)
@@ -45,6 +49,7 @@ if getattr(Compiler.set_num_threads, "__func__", None) is not _set_numba_threads
     Compiler.set_num_threads = classmethod(_set_numba_threads)  # type: ignore[method-assign]
 
 __all__ = [
-    "IMAGE_MODES", "AllocationQuery", "Compiler", "IntDecoder", "Loader", "Operation", "SimpleRGBImageDecoder",
-    "Squeeze", "State", "ToDevice", "ToTensor", "ToTorchImage", "TraversalOrder", "imdecode", "memcpy",
+    "IMAGE_MODES", "AllocationQuery", "Compiler", "DatasetWriter", "IntDecoder", "IntField", "Loader",
+    "MemoryAllocator", "Operation", "RGBImageField", "Reader", "SimpleRGBImageDecoder", "Squeeze", "State",
+    "ToDevice", "ToTensor", "ToTorchImage", "TraversalOrder", "imdecode", "memcpy",
 ]

@@ -26,11 +26,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from jit_ffcv.synthetic import make_image_folder
+from jit_ffcv.synthetic import SHARED_SAMPLE, make_image_folder
 from writers.beton import read_payloads, replicate_beton, write_beton
 from writers.folder import FolderScan, scan_split
 
-SHARED_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
 README_START, README_END = "<!-- bench:{tag}:start -->", "<!-- bench:{tag}:end -->"
 
 
@@ -50,6 +49,7 @@ PIPELINES: tuple[Spec, ...] = (
     Spec("FFCV Loader, no flip, jpg q90", "ffcv", "jpg90", flip=False),
     Spec("FFCV Loader + RandomHorizontalFlip, jpg q90", "ffcv", "jpg90"),
     Spec("jit-ffcv DataModule, jpg q90", "jit", "jpg90"),
+    Spec("jit-ffcv DataModule, no flip, jpg q90", "jit", "jpg90", flip=False),
     Spec("jit-ffcv DataModule, jpg q95", "jit", "jpg95"),
     Spec("FFCV Loader, no flip, raw", "ffcv", "raw", flip=False),
     Spec("FFCV Loader + RandomHorizontalFlip, raw", "ffcv", "raw"),
@@ -157,8 +157,7 @@ QUALITY_ROWS: tuple[tuple[str, int], ...] = (("4:2:0", 75), ("4:2:0", 85), ("4:2
 
 def quality_table(scan: FolderScan, sizes: Sequence[int], rows: Sequence[tuple[str, int]] = QUALITY_ROWS) -> str:
     """Markdown table of JPEG settings vs PSNR (to the exact crop), size and one core's decode time."""
-    from ffcv.libffcv import imdecode
-
+    from jit_ffcv._ffcv import imdecode
     from writers.encode import crop_file, encode_jpeg
 
     lines = ["| img_size | chroma | quality | mean PSNR dB | min PSNR dB | KiB/image | vs raw | decode µs/img (1 core) |",
@@ -174,7 +173,7 @@ def quality_table(scan: FolderScan, sizes: Sequence[int], rows: Sequence[tuple[s
         for chroma, q in rows:
             payloads = [encode_jpeg(ref, q, subsampling=chroma) for ref in crops]
             psnrs = []
-            for ref, payload in zip(crops, payloads):
+            for ref, payload in zip(crops, payloads, strict=True):
                 imdecode(np.frombuffer(payload, dtype=np.uint8), dst, size, size, size, size, 0, 0, 1, 1, False, False)
                 mse = float(np.mean((dst.astype(np.float64) - ref) ** 2))
                 psnrs.append(99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse))
@@ -195,7 +194,7 @@ def pages_report(beton: Path | None, worlds: Sequence[int] = (1, 2, 8), seed: in
 
     layouts: list[tuple[str, np.ndarray]] = []
     if beton is not None:
-        from ffcv.reader import Reader
+        from jit_ffcv._ffcv import Reader
 
         reader = Reader(str(beton))
         table = reader.alloc_table
@@ -226,9 +225,9 @@ def payload_rate_one_core(payloads: Sequence[bytes], size: int, jpg: bool, secon
     The loop is numba-compiled and single-threaded, exactly the call FFCV's decoder
     makes per image, so it is the per-core ceiling any FFCV-based loader can reach.
     """
-    from ffcv.libffcv import imdecode, memcpy
-    from ffcv.pipeline.compiler import Compiler
     from numba import njit
+
+    from jit_ffcv._ffcv import Compiler, imdecode, memcpy
 
     flat = np.frombuffer(b"".join(payloads), dtype=np.uint8)
     offsets = np.cumsum([0] + [len(p) for p in payloads]).astype(np.int64)
@@ -437,7 +436,7 @@ def markdown(results: list[Result], sizes: Sequence[int], info: dict[str, Any], 
     head = ["pipeline"]
     for s in sizes:
         head += [f"{s}px img/s", f"{s}px × ref", f"{s}px % limit", f"{s}px 1st epoch s", f"{s}px RSS MiB"]
-    head += ["KiB/img (256)"]
+    head += [f"KiB/img ({sizes[0]})"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in names:
         cells = [name]

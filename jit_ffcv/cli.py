@@ -9,8 +9,7 @@ from typing import Sequence
 
 def _info(args: argparse.Namespace) -> int:
     """Print a beton's metadata and its sample count as FFCV reads it."""
-    from ffcv.reader import Reader
-
+    from jit_ffcv._ffcv import Reader
     from writers.metadata import read_metadata, verify_file
 
     meta = read_metadata(args.beton)

@@ -23,9 +23,10 @@ import torch
 from jit_ffcv._ffcv import IntDecoder, Operation, SimpleRGBImageDecoder, Squeeze, ToDevice, ToTensor, ToTorchImage
 from jit_ffcv.crop import center_crop_arr
 from jit_ffcv.loader import JiTLoader
-from jit_ffcv.ops import EpochCell, FlipDecoder, ToUnitRange
-from jit_ffcv.order import QuasiRandomOrder, RandomOrder, SequentialOrder
+from jit_ffcv.ops import EpochCell, FlipDecoder, ToUnitRange, check_prob
+from jit_ffcv.order import KINDS, QuasiRandomOrder, RandomOrder, SequentialOrder, samples_per_rank
 from writers.beton import DEFAULT_QUALITY, write_split
+from writers.encode import MODES
 from writers.metadata import BetonMetadata, read_metadata, verify_file
 
 __all__ = ["JiTDataModule", "create_jit_datamodule", "center_crop_arr", "beton_name"]
@@ -33,7 +34,6 @@ __all__ = ["JiTDataModule", "create_jit_datamodule", "center_crop_arr", "beton_n
 Order = Literal["quasi_random", "random", "sequential"]
 _ORDERS = {"quasi_random": QuasiRandomOrder, "random": RandomOrder, "sequential": SequentialOrder}
 _OUTPUTS = ("uint8", "float")
-_MODES = ("jpg", "raw")
 
 
 def beton_name(split: str, img_size: int, mode: str, quality: int) -> str:
@@ -117,11 +117,10 @@ class JiTDataModule(pl.LightningDataModule):
         _at_least("num_workers", num_workers, 1)
         _at_least("batches_ahead", batches_ahead, 1)
         _at_least("seed", seed, 0)
-        _choice("mode", mode, _MODES)
-        _choice("order", order, tuple(_ORDERS))
+        _choice("mode", mode, MODES)
+        _choice("order", order, KINDS)
         _choice("output", output, _OUTPUTS)
-        if not 0.0 <= flip_prob <= 1.0:
-            raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob!r}")
+        check_prob(flip_prob)
         if num_replicas is not None:
             _at_least("num_replicas", num_replicas, 1)
         if rank is not None and not (isinstance(rank, int) and 0 <= rank < (num_replicas or rank + 1)):
@@ -304,7 +303,7 @@ class JiTDataModule(pl.LightningDataModule):
         meta = self._meta["train"]
         world = self._world()
         n = meta.num_samples
-        per_rank = n // world.num_replicas if self.sampler_drop_last else -(-n // world.num_replicas)
+        per_rank = samples_per_rank(n, world.num_replicas, self.sampler_drop_last)
         batches = per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
         info: dict[str, Any] = {
             "num_samples": n,

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jit_ffcv.bench import SHARED_SAMPLE
-from jit_ffcv.synthetic import make_image_folder
+from jit_ffcv.synthetic import SHARED_SAMPLE, make_image_folder
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -47,8 +47,8 @@ class JiTLoader(Loader):
     """FFCV ``Loader`` with ``set_epoch``, a ``sampler`` view and an epoch cell for seeded ops.
 
     It also keeps FFCV's batch buffers from one epoch to the next: FFCV allocates
-    ``(batches_ahead + 2) * batch_size`` fresh images every epoch, and first-touch
-    page faults on them cost up to ~15% of a short epoch (``jit-ffcv bench``).
+    ``(batches_ahead + 2) * batch_size`` fresh images every epoch and pays a
+    first-touch page fault for every 4 KiB of them, a visible cost on short epochs.
     """
 
     #: seconds to wait for an abandoned epoch's thread before giving up buffer reuse
@@ -57,6 +57,7 @@ class JiTLoader(Loader):
     def __init__(self, *args: Any, epoch_cell: EpochCell | None = None, **kwargs: Any) -> None:
         self.epoch_cell = epoch_cell or EpochCell()
         self._buffers: Any = None
+        self._running: Any = None  # the current epoch's FFCV EpochIterator (a thread)
         super().__init__(*args, **kwargs)
         self.sampler = EpochSampler(self)
         allocate = self.graph.allocate_memory
@@ -80,19 +81,28 @@ class JiTLoader(Loader):
 
         Lightning calls ``iter()`` once only to check iterability, and creates the first
         epoch's iterator *before* calling ``sampler.set_epoch(0)``; starting eagerly would
-        consume an epoch, leave a decoding thread behind and run a stale epoch.
+        consume an epoch, leave a decoding thread behind and run a stale epoch. Starting an
+        epoch ends the previous one if it is still running (they would share buffers).
         """
         return self._epoch_batches()
 
+    def _finish(self, epoch: Any) -> None:
+        """Stop ``epoch``'s thread; if it will not stop, give the next epoch fresh buffers."""
+        epoch.close()
+        epoch.join(self.JOIN_TIMEOUT_S)
+        if epoch.is_alive():
+            self._buffers = None
+
     def _epoch_batches(self) -> Iterator[Any]:
+        if self._running is not None:
+            self._finish(self._running)
         if self._buffers is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.current_stream().synchronize()  # the last epoch's batches may still be in use
         self.epoch_cell.set(self.next_epoch)
-        epoch = super().__iter__()
+        epoch = self._running = super().__iter__()
         try:
-            # yield from: closing an abandoned epoch closes FFCV's EpochIterator (stops its thread).
             yield from epoch
         finally:
-            epoch.join(self.JOIN_TIMEOUT_S)
-            if epoch.is_alive():  # still writing into the buffers: the next epoch gets fresh ones
-                self._buffers = None
+            self._finish(epoch)
+            if self._running is epoch:
+                self._running = None

@@ -22,6 +22,7 @@ from dataclasses import replace
 from typing import Callable
 
 import numpy as np
+import torch
 from numba import njit, types
 from numba.extending import intrinsic
 
@@ -142,7 +143,8 @@ def mirror_copy(source: np.ndarray, image: np.ndarray) -> None:
             dst[out + _U2] = source[src + _U2]
 
 
-def _check_prob(flip_prob: float) -> float:
+def check_prob(flip_prob: float) -> float:
+    """Validate a flip probability (ValueError naming the option otherwise)."""
     if not 0.0 <= flip_prob <= 1.0:
         raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob!r}")
     return float(flip_prob)
@@ -157,7 +159,7 @@ class FlipDecoder(SimpleRGBImageDecoder):
 
     def __init__(self, *, flip_prob: float = 0.5, seed: int = 0, epoch_cell: EpochCell | None = None) -> None:
         super().__init__()
-        self.flip_prob = _check_prob(flip_prob)
+        self.flip_prob = check_prob(flip_prob)
         self.seed = int(seed)
         self.epoch_cell = epoch_cell or EpochCell()
 
@@ -201,7 +203,7 @@ class SeededHorizontalFlip(Operation):
 
     def __init__(self, flip_prob: float = 0.5, *, seed: int = 0, epoch_cell: EpochCell | None = None) -> None:
         super().__init__()
-        self.flip_prob = _check_prob(flip_prob)
+        self.flip_prob = check_prob(flip_prob)
         self.seed = int(seed)
         self.epoch_cell = epoch_cell or EpochCell()
 
@@ -235,14 +237,11 @@ class ToUnitRange(Operation):
 
     def generate_code(self) -> Callable:
         def to_unit_range(inp, dst):  # type: ignore[no-untyped-def]
-            out = dst[: inp.shape[0]]
-            out.copy_(inp)
-            return out.div_(255).mul_(2).sub_(1)
+            out = torch.div(inp, 255, out=dst[: inp.shape[0]])  # uint8 -> float32 in the same pass
+            return out.mul_(2).sub_(1)
 
         return to_unit_range
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery | None]:
-        import torch
-
         state = replace(previous_state, jit_mode=False, dtype=torch.float32)
         return state, AllocationQuery(previous_state.shape, torch.float32, previous_state.device)

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "KINDS",
     "epoch_order",
+    "samples_per_rank",
     "QuasiRandomOrder",
     "RandomOrder",
     "SequentialOrder",
@@ -85,6 +86,11 @@ def _check_1d_int(name: str, arr: Any) -> np.ndarray:
             f"{name} must be a 1-D integer array, got shape {arr.shape} and dtype {arr.dtype}"
         )
     return arr
+
+
+def samples_per_rank(num_samples: int, num_replicas: int, drop_last: bool = False) -> int:
+    """Samples each rank gets per epoch: ceil(N/W), or N//W with ``drop_last`` (DistributedSampler's rule)."""
+    return num_samples // num_replicas if drop_last else math.ceil(num_samples / num_replicas)
 
 
 # --------------------------------------------------------------------------- #
@@ -164,7 +170,7 @@ def epoch_order(
         )
 
     n_total = len(indices)
-    per_rank = n_total // num_replicas if drop_last else math.ceil(n_total / num_replicas)
+    per_rank = samples_per_rank(n_total, num_replicas, drop_last)
     size = per_rank * num_replicas
 
     rng = np.random.default_rng(np.random.SeedSequence([seed, epoch]))
@@ -290,10 +296,7 @@ class _ShardedOrder(TraversalOrder):
 
     def num_samples(self) -> int:
         """Per-rank number of samples per epoch (ceil(N/W), or N//W with drop_last)."""
-        n_total = len(self._require_bound())
-        if self.drop_last:
-            return n_total // self.num_replicas
-        return math.ceil(n_total / self.num_replicas)
+        return samples_per_rank(len(self._require_bound()), self.num_replicas, self.drop_last)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(num_replicas={self.num_replicas}, rank={self.rank}, "

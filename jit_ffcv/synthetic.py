@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+#: The real ImageNet sample beside a checkout (``../shared``), used by the demo and the benchmark when present.
+SHARED_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
+
 #: (width, height, PIL mode, format, extension) cycled over the images of each class
 _KINDS: tuple[tuple[int, int, str, str, str], ...] = (
     (320, 240, "RGB", "JPEG", ".JPEG"),

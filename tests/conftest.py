@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jit_ffcv.synthetic import SyntheticFolder, make_image_folder
+from jit_ffcv.synthetic import SHARED_SAMPLE, SyntheticFolder, make_image_folder
 from writers.beton import write_split
 
-SHARED_SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet-sample"
 SMALL = 64  # crop size used for the synthetic betons: small enough to keep tests fast
 
 

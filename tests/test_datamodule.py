@@ -360,3 +360,16 @@ def test_lightning_advances_the_epoch(synthetic: SyntheticFolder, beton_dir: Pat
     for thread in [t for t in threading.enumerate() if isinstance(t, EpochIterator)]:
         thread.join(timeout=5)
         assert not thread.is_alive()
+
+
+def test_new_epoch_stops_a_still_open_one(synthetic: SyntheticFolder, beton_dir: Path,
+                                          reference: tuple[np.ndarray, np.ndarray]) -> None:
+    """Two live epochs would share the reused buffers: starting the second ends the first."""
+    loader = make_dm(synthetic, beton_dir, flip_prob=0.0).train_dataloader()
+    first = iter(loader)
+    next(first)  # epoch 0 is running; its generator is never closed
+    running = loader._running
+    order = list(loader.sampler)  # epoch 1
+    labels = [y.clone() for _, y in loader]
+    assert not running.is_alive() and loader._running is None
+    assert torch.cat(labels).tolist() == reference[1][order[: len(loader) * B]].tolist()

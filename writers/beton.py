@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 import jit_ffcv
 from writers.encode import MODES, Encoded, encode_chunk
-from writers.folder import FolderScan, scan_split
+from writers.folder import FolderScan, find_classes, scan_split
 from writers.metadata import BetonMetadata, file_sha256, sidecar_path
 
 #: Default JPEG quality: see the PSNR/size table in the README (``jit-ffcv bench --quality-table``).
@@ -38,7 +39,7 @@ class BadImageError(RuntimeError):
     """An input image could not be decoded and ``strict`` was requested."""
 
 
-def _validate(img_size: int, mode: str, quality: int, num_workers: int) -> None:
+def _validate(img_size: int, mode: str, quality: int, num_workers: int, limit: int | None = None) -> None:
     if not isinstance(img_size, int) or img_size < 32:
         raise ValueError(f"img_size must be an integer >= 32, got {img_size!r}")
     if mode not in MODES:
@@ -47,6 +48,8 @@ def _validate(img_size: int, mode: str, quality: int, num_workers: int) -> None:
         raise ValueError(f"quality must be in [1, 100], got {quality!r}")
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0 (0 = in this process), got {num_workers!r}")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be >= 1 (or None for all images), got {limit!r}")
 
 
 def _encoded_in_order(
@@ -89,11 +92,9 @@ class _BetonFile:
     """
 
     def __init__(self, path: Path, capacity: int, mode: str, quality: int) -> None:
-        from ffcv.fields import IntField, RGBImageField
-        from ffcv.fields.rgb_image import IMAGE_MODES
-        from ffcv.memory_allocator import MemoryAllocator
-        from ffcv.writer import DatasetWriter
+        from jit_ffcv._ffcv import IMAGE_MODES, DatasetWriter, IntField, MemoryAllocator, RGBImageField
 
+        self.path = path
         fields = {"image": RGBImageField(write_mode=mode, jpeg_quality=quality), "label": IntField()}
         self.writer = DatasetWriter(str(path), fields, num_workers=1)
         self.writer.num_samples = capacity  # an upper bound: skipped files leave unused rows
@@ -101,6 +102,7 @@ class _BetonFile:
         self.metadata = np.frombuffer(self.writer.metadata_sm.buf, dtype=self.writer.metadata_type)
         self.allocator = MemoryAllocator(str(path), self.writer.data_region_start, self.writer.page_size)
         self.allocator.__enter__()
+        self.image = self.metadata["f0"]
         self.mode_code = IMAGE_MODES[mode]
         self.count = 0
         self.payload_bytes = 0
@@ -110,11 +112,10 @@ class _BetonFile:
         self.allocator.set_current_sample(i)
         ptr, buffer = self.allocator.malloc(len(payload))
         buffer[:] = np.frombuffer(payload, dtype=np.uint8)
-        image = self.metadata["f0"]
-        image["mode"][i] = self.mode_code
-        image["height"][i] = img_size
-        image["width"][i] = img_size
-        image["data_ptr"][i] = ptr
+        self.image["mode"][i] = self.mode_code
+        self.image["height"][i] = img_size
+        self.image["width"][i] = img_size
+        self.image["data_ptr"][i] = ptr
         self.metadata["f1"][i] = label
         self.count += 1
         self.payload_bytes += len(payload)
@@ -123,7 +124,7 @@ class _BetonFile:
         """Flush the last page, write metadata, allocation table and header."""
         self.allocator.__exit__(None, None, None)
         self.writer.header["num_samples"] = self.count
-        del self.metadata  # release the view before the shared memory is closed
+        del self.metadata, self.image  # release the views before the shared memory is closed
         self.writer.finalize(self.allocator.allocations)
         self.writer.metadata_sm.close()
         self.writer.metadata_sm.unlink()
@@ -133,9 +134,27 @@ class _BetonFile:
         try:
             self.allocator.fp.close()
         finally:
-            self.metadata = None
+            self.metadata = self.image = None
             self.writer.metadata_sm.close()
             self.writer.metadata_sm.unlink()
+
+
+@contextmanager
+def _partial_beton(out: Path, capacity: int, mode: str, quality: int) -> Iterator[_BetonFile]:
+    """A beton being written at ``out``'s hidden partial path: closed on success, deleted on failure."""
+    partial = _partial_path(out)
+    try:
+        beton = _BetonFile(partial, capacity, mode, quality)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    try:
+        yield beton
+        beton.close()
+    except BaseException:
+        beton.abort()
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def _partial_path(out: Path) -> Path:
@@ -172,36 +191,29 @@ def write_beton(
     finished, and two writers of the same beton (rank 0 of two nodes sharing a file
     system) never write into the same file.
     """
-    _validate(img_size, mode, quality, num_workers)
+    _validate(img_size, mode, quality, num_workers, limit)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     samples = scan.samples[:limit] if limit is not None else scan.samples
     tasks = [(i, path, label) for i, (path, label) in enumerate(samples)]
-    partial = _partial_path(out)
-    beton = _BetonFile(partial, max(len(tasks), 1), mode, quality)
-    start = time.perf_counter()  # after FFCV's import and the file header: time spent on images
     skipped: list[dict[str, str]] = []
     counts = [0] * len(scan.classes)
-    try:
-        bar = tqdm(total=len(tasks), unit="img", desc=f"write {split} {img_size}px {mode}", disable=not progress)
-        for enc in _encoded_in_order(tasks, img_size, mode, quality, num_workers):
-            bar.update(1)
-            if enc.payload is None:
-                path = samples[enc.index][0]
-                if strict:
-                    raise BadImageError(f"cannot decode {path}: {enc.error} (drop --strict to skip and report it)")
-                skipped.append({"path": path, "error": enc.error or ""})
-                continue
-            beton.append(enc.payload, enc.label, img_size)
-            counts[enc.label] += 1
-        bar.close()
+    with _partial_beton(out, max(len(tasks), 1), mode, quality) as beton:
+        start = time.perf_counter()  # after FFCV's import and the file header: time spent on images
+        desc = f"write {split} {img_size}px {mode}"
+        with tqdm(total=len(tasks), unit="img", desc=desc, disable=not progress) as bar:
+            for enc in _encoded_in_order(tasks, img_size, mode, quality, num_workers):
+                bar.update(1)
+                if enc.payload is None:
+                    path = samples[enc.index][0]
+                    if strict:
+                        raise BadImageError(f"cannot decode {path}: {enc.error} (drop --strict to skip and report it)")
+                    skipped.append({"path": path, "error": enc.error or ""})
+                    continue
+                beton.append(enc.payload, enc.label, img_size)
+                counts[enc.label] += 1
         if beton.count == 0 and tasks:
             raise BadImageError(f"none of the {len(tasks)} images under {scan.root} could be decoded")
-        beton.close()
-    except BaseException:
-        beton.abort()
-        partial.unlink(missing_ok=True)
-        raise
     seconds = time.perf_counter() - start
     meta = BetonMetadata(
         split=split,
@@ -214,21 +226,21 @@ def write_beton(
         source=str(Path(scan.root).resolve()),
         skipped=skipped,
         ignored=list(scan.ignored),
-        sha256=file_sha256(partial),
-        size_bytes=partial.stat().st_size,
+        sha256=file_sha256(beton.path),
+        size_bytes=beton.path.stat().st_size,
         payload_bytes=beton.payload_bytes,
         seconds=round(seconds, 3),
         images_per_second=round(len(tasks) / seconds, 1) if seconds > 0 else 0.0,
         num_workers=num_workers,
         writer_version=jit_ffcv.__version__,
     )
-    _publish(partial, out, meta)
+    _publish(beton.path, out, meta)
     return meta
 
 
 def read_payloads(beton: str | os.PathLike, limit: int | None = None) -> tuple[list[bytes], np.ndarray]:
     """Stored image payloads (JPEG or raw bytes) and labels of a beton, in sample order (first ``limit``)."""
-    from ffcv.reader import Reader
+    from jit_ffcv._ffcv import Reader
 
     reader = Reader(str(beton))
     table = reader.alloc_table
@@ -252,17 +264,11 @@ def replicate_beton(src: str | os.PathLike, out: str | os.PathLike, times: int) 
     meta = read_metadata(src)
     payloads, labels = read_payloads(src)
     out = Path(out)
-    partial = _partial_path(out)
-    beton = _BetonFile(partial, len(payloads) * times, meta.mode, meta.quality or DEFAULT_QUALITY)
-    try:
+    with _partial_beton(out, len(payloads) * times, meta.mode, meta.quality or DEFAULT_QUALITY) as beton:
         for _ in range(times):
-            for payload, label in zip(payloads, labels.tolist()):
+            for payload, label in zip(payloads, labels.tolist(), strict=True):
                 beton.append(payload, label, meta.img_size)
-        beton.close()
-    except BaseException:
-        beton.abort()
-        partial.unlink(missing_ok=True)
-        raise
+    partial = beton.path
     meta.num_samples = beton.count
     meta.class_counts = [c * times for c in meta.class_counts]
     meta.size_bytes = partial.stat().st_size
@@ -278,7 +284,7 @@ def write_split(
 ) -> BetonMetadata:
     """Scan ``DATA/split`` (val uses train's class list) and write it to ``out``."""
     data_path = Path(data_path)
-    classes = scan_split(data_path / "train").classes if split != "train" else None
+    classes = find_classes(data_path / "train") if split != "train" else None
     scan = scan_split(data_path / split, classes=classes)
     return write_beton(scan, out, split=split, **kwargs)  # type: ignore[arg-type]
 

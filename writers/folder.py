@@ -2,8 +2,9 @@
 
 Class indices are the positions of the sorted class-directory names, files are
 found recursively (``os.walk``, sorted) and kept when their lower-cased name ends
-in one of torchvision's image extensions. The writer, the reference benchmark
-pipeline and the tests all share this one scan, so their indices agree.
+in one of torchvision's image extensions. The writer and the reference benchmark
+pipeline share this one scan, so their indices agree (the tests recompute the
+expected order independently).
 """
 
 from __future__ import annotations
@@ -32,14 +33,6 @@ class FolderScan:
     samples: list[tuple[str, int]]
     #: files skipped for their extension (ImageFolder skips them silently; we list them)
     ignored: list[str] = field(default_factory=list)
-
-    @property
-    def class_counts(self) -> list[int]:
-        """Number of samples per class index."""
-        counts = [0] * len(self.classes)
-        for _, label in self.samples:
-            counts[label] += 1
-        return counts
 
 
 def find_classes(split_dir: str | os.PathLike) -> list[str]:
