@@ -75,6 +75,11 @@ def main(data: str, beton_dir: str, out: str) -> None:
     rank = trainer.global_rank
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     np.savez(Path(out, f"rank{rank}.npz"), **{e: np.concatenate(p) for e, p in model.pixels.items()})
+    # Leave the gloo group cleanly: exiting with it alive can abort a rank at interpreter
+    # shutdown ("terminate called without an active exception"), seen once in CI.
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
