@@ -190,16 +190,12 @@ def pages_report(beton: Path | None, worlds: Sequence[int] = (1, 2, 8), seed: in
     Uses the page of every sample in ``beton`` if given, and a simulated ImageNet-1k
     train beton (1,281,167 samples, 380 per 8 MiB page, about 22 KiB each at 256 q90).
     """
-    from jit_ffcv.order import epoch_order, max_open_pages, pages_touched
+    from jit_ffcv._ffcv import Reader
+    from jit_ffcv.order import epoch_order, max_open_pages, pages_touched, reader_sample_pages
 
     layouts: list[tuple[str, np.ndarray]] = []
     if beton is not None:
-        from jit_ffcv._ffcv import Reader
-
-        reader = Reader(str(beton))
-        table = reader.alloc_table
-        page = np.full(int(reader.num_samples), -1, dtype=np.int64)
-        page[table["sample_id"].astype(np.int64)] = (table["ptr"] // int(reader.page_size)).astype(np.int64)
+        page = reader_sample_pages(Reader(str(beton)))
         layouts.append((f"{beton.name} ({len(page):,} samples)", page))
     layouts.append(("simulated ImageNet-1k 256 q90 (1,281,167 samples)", np.arange(1_281_167) // 380))
     rows = ["| beton | W | pages in file | quasi-random: pages per rank (max) | max open pages | "
@@ -535,9 +531,9 @@ def main(args: argparse.Namespace) -> int:
     work = out / "betons"
     work.mkdir(parents=True, exist_ok=True)
     scan, source = dataset_scan(args.data_path, work)
+    replicate = max(1, round(args.target_samples / len(scan.samples)))
     if args.pages:
-        unique = build_betons(scan, args.sizes[0], ["jpg90"], max(1, round(args.target_samples / len(scan.samples))),
-                              work, args.workers, progress=False)["jpg90"]
+        unique = build_betons(scan, args.sizes[0], ["jpg90"], replicate, work, args.workers, progress=False)["jpg90"]
         table = pages_report(unique)
         print(table)
         (out / "pages.md").write_text(table + "\n")
@@ -551,7 +547,6 @@ def main(args: argparse.Namespace) -> int:
         if args.readme:
             update_readme(Path(args.readme), "quality", table)
         return 0
-    replicate = max(1, round(args.target_samples / len(scan.samples)))
     specs = [s for s in PIPELINES if not args.pipelines or any(k in s.name for k in args.pipelines)]
     if args.device != "cpu":
         specs += [Spec(f"jit-ffcv DataModule → {args.device} {out}, jpg q90", "jit", "jpg90", output=out)

@@ -33,6 +33,7 @@ __all__ = [
     "KINDS",
     "epoch_order",
     "samples_per_rank",
+    "reader_sample_pages",
     "QuasiRandomOrder",
     "RandomOrder",
     "SequentialOrder",
@@ -220,23 +221,24 @@ def max_open_pages(order: np.ndarray, page_of: PageOf) -> int:
 # --------------------------------------------------------------------------- #
 # FFCV TraversalOrder classes
 # --------------------------------------------------------------------------- #
+def reader_sample_pages(reader: Any) -> np.ndarray:
+    """First page of every sample's stored data, from an FFCV ``Reader``'s allocation table (-1: none)."""
+    table = reader.alloc_table
+    none = np.iinfo(np.int64).max
+    pages = np.full(int(reader.num_samples), none, dtype=np.int64)
+    np.minimum.at(pages, table["sample_id"].astype(np.int64), (table["ptr"] // int(reader.page_size)).astype(np.int64))
+    pages[pages == none] = -1
+    return pages
+
+
 def _loader_sample_pages(loader: Loader, indices: np.ndarray) -> np.ndarray:
-    """Min page of each of ``indices`` from the loader's memory manager.
+    """First page of each of ``indices`` in the loader's beton.
 
     Samples with no allocation (e.g. only scalar fields) get distinct negative
     pseudo-pages, so ``quasi_random`` treats them like ``random``.
     """
-    sample_to_pages = loader.memory_manager.sample_to_pages
-    pages = -1 - np.arange(len(indices), dtype=np.int64)
-    if len(sample_to_pages) == 0 or len(indices) == 0:
-        return pages
-    sids = np.fromiter(sample_to_pages.keys(), dtype=np.int64, count=len(sample_to_pages))
-    mins = np.fromiter((min(p) for p in sample_to_pages.values()), dtype=np.int64, count=len(sample_to_pages))
-    idx = indices.astype(np.int64)
-    table = np.full(max(int(sids.max()), int(idx.max())) + 1, -1, dtype=np.int64)
-    table[sids] = mins
-    found = table[idx]
-    return np.where(found >= 0, found, pages)
+    found = reader_sample_pages(loader.reader)[indices.astype(np.int64)]
+    return np.where(found >= 0, found, -1 - np.arange(len(indices), dtype=np.int64))
 
 
 class _ShardedOrder(TraversalOrder):

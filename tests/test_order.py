@@ -247,10 +247,12 @@ def test_class_validation(cls: type, kwargs: dict, option: str) -> None:
 # binding (fake loader) and real FFCV Loader
 # --------------------------------------------------------------------------- #
 def fake_loader(n: int, batch_size: int = 4, seed: int = 7) -> SimpleNamespace:
-    sample_to_pages = {i: {i // 10, i // 10 + 1} for i in range(n) if i % 13}  # some samples page-less
+    page_size = 1 << 21
+    rows = [(i, (i // 10 + k) * page_size, 8) for i in range(n) if i % 13 for k in (1, 0)]  # some samples page-less
+    alloc_table = np.array(rows, dtype=[("sample_id", "<u8"), ("ptr", "<u8"), ("size", "<u8")])
     return SimpleNamespace(indices=np.arange(n, dtype=np.uint64), seed=seed, distributed=False,
                            batch_size=batch_size,
-                           memory_manager=SimpleNamespace(sample_to_pages=sample_to_pages))
+                           reader=SimpleNamespace(num_samples=n, page_size=page_size, alloc_table=alloc_table))
 
 
 @pytest.mark.parametrize("cls", [QuasiRandomOrder, RandomOrder, SequentialOrder])
