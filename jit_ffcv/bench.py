@@ -371,7 +371,7 @@ def _ffcv_epochs(cfg: dict[str, Any]) -> Callable[[int], int]:
     image = [SimpleRGBImageDecoder()] + ([RandomHorizontalFlip()] if cfg["flip"] else []) + [ToTensor(), ToTorchImage()]
     loader = Loader(cfg["beton"], batch_size=cfg["batch_size"], num_workers=cfg["workers"], os_cache=True,
                     order=OrderOption.QUASI_RANDOM, seed=0, drop_last=True,
-                    pipelines={"image": image, "label": [IntDecoder(), ToTensor(), Squeeze()]})
+                    pipelines={"image": image, "label": [IntDecoder(), ToTensor(), Squeeze()], "index": None})
     return lambda e: sum(len(y) for _, y in loader)
 
 
@@ -519,6 +519,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="also measure jit-ffcv with batches delivered on this device "
                    "(e.g. cuda): uint8 and JiT's float x/255*2-1")
     p.add_argument("--pages", action="store_true", help="only print pages read per rank for W=1,2,8")
+    p.add_argument("--mixing", action="store_true", help="only print quasi-random class mixing vs a shuffle "
+                   "on a simulated class-sorted ImageNet-1k (W=1,8,64)")
     p.add_argument("--chart", default=None, help="where to save the PNG chart (default: OUT/chart.png)")
     return p
 
@@ -527,6 +529,14 @@ def main(args: argparse.Namespace) -> int:
     """Run every selected pipeline at every size; print and save the results."""
     from tqdm import tqdm
 
+    if args.mixing:
+        from jit_ffcv.mixing import mixing_report
+
+        table = mixing_report(batch_size=args.batch_size)
+        print(table)
+        if args.readme:
+            update_readme(Path(args.readme), "mixing", table)
+        return 0
     out = Path(args.out)
     work = out / "betons"
     work.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ import torch
 from jit_ffcv._ffcv import IntDecoder, Operation, SimpleRGBImageDecoder, Squeeze, ToDevice, ToTensor, ToTorchImage
 from jit_ffcv.crop import center_crop_arr
 from jit_ffcv.loader import JiTLoader
+from jit_ffcv.mixing import warn_if_folder_order
 from jit_ffcv.ops import EpochCell, FlipDecoder, ToUnitRange, check_prob
 from jit_ffcv.order import KINDS, QuasiRandomOrder, RandomOrder, SequentialOrder, samples_per_rank
 from writers.beton import DEFAULT_QUALITY, write_split
@@ -195,6 +196,8 @@ class JiTDataModule(pl.LightningDataModule):
             classes = self._meta["train"].classes if split == "val" else None
             meta.check_matches(img_size=self.img_size, mode=self.mode, quality=self.quality, classes=classes)
             verify_file(path, meta)
+            if split == "train" and split not in self._meta:  # once per DataModule
+                warn_if_folder_order(meta, path)
             self._meta[split] = meta
 
     # ------------------------------------------------------------------ world
@@ -269,7 +272,7 @@ class JiTDataModule(pl.LightningDataModule):
             order=order,
             distributed=world.num_replicas > 1,
             seed=self.seed,
-            pipelines={"image": image_ops + image_tail, "label": label_ops},
+            pipelines={"image": image_ops + image_tail, "label": label_ops, "index": None},  # no index decoding
             drop_last=self.drop_last if train else False,
             batches_ahead=self.batches_ahead,
             epoch_cell=cell,

@@ -113,18 +113,24 @@ def _global_positions(kind: str, pages: np.ndarray, rng: np.random.Generator) ->
 
 
 def _rolling_buffer(chunk_pages: np.ndarray, buffer_pages: int, rng: np.random.Generator) -> np.ndarray:
-    """Permutation of a page-contiguous chunk that is random but page-local.
+    """Permutation of a page-contiguous chunk that is random but page-local, full at both edges.
 
-    Sample of the k-th page segment gets key ``k + buffer_pages * u`` (u ~ U[0,1)) and
-    we stable-argsort by key: a segment only spreads over keys [k, k+B), so at any
-    point at most ~B segments (pages) are open, yet each stays well mixed with its B
-    neighbours -- the vectorised analogue of FFCV's B-page shuffle buffer.
+    The k-th of the chunk's S page segments gets keys uniform on [lo_k, hi_k) and we
+    stable-argsort by key. In the middle [lo_k, hi_k) = [k, k+B): a segment only spreads
+    over B key units, so at most ~B pages are open at any point, each mixed with its B
+    neighbours (the vectorised analogue of FFCV's B-page shuffle buffer). At the edges
+    the first B segments start at 0 and the last B end at S-1+B, so the first and last
+    batches also draw from ~B pages instead of one or two (a buffer filled before the
+    first batch and not drained page by page at the end).
     """
     if len(chunk_pages) == 0:
         return np.zeros(0, dtype=np.int64)
     segment = np.zeros(len(chunk_pages), dtype=np.int64)
     np.cumsum(chunk_pages[1:] != chunk_pages[:-1], out=segment[1:])
-    key = segment + buffer_pages * rng.random(len(chunk_pages))
+    last = int(segment[-1])
+    lo = np.where(segment < buffer_pages, 0, segment)
+    hi = np.where(segment > last - buffer_pages, last + buffer_pages, segment + buffer_pages)
+    key = lo + (hi - lo) * rng.random(len(chunk_pages))
     return np.argsort(key, kind="stable")
 
 
@@ -150,10 +156,12 @@ def epoch_order(
        ``(N//W)*W`` (``drop_last=True``), as torch's DistributedSampler does.
     3. Rank r takes the contiguous chunk ``G[r*n:(r+1)*n]`` (contiguous, not strided, so a
        rank touches ~1/W of the pages).
-    4. ``quasi_random`` only: the chunk's k-th page segment gets keys ``k + buffer_pages * u``,
-       u ~ U[0,1) from ``default_rng(SeedSequence([seed, epoch], spawn_key=(rank,)))``, and is
-       stable-argsorted. Why: a segment's keys lie in [k, k+B), so at most ~B pages are open at
-       once (a rolling B-page shuffle buffer like FFCV's), vectorised (~0.3 s for 1.3M samples).
+    4. ``quasi_random`` only: the k-th of the chunk's S page segments gets keys uniform on
+       [k, k+B) (B = ``buffer_pages``), widened to start at 0 for k < B and to end at S-1+B
+       for k > S-1-B, drawn from ``default_rng(SeedSequence([seed, epoch], spawn_key=(rank,)))``,
+       and is stable-argsorted. Why: a segment's keys span B units, so at most ~B pages are
+       open at once (a rolling B-page shuffle buffer like FFCV's), and the widened edges keep
+       that buffer full from the first batch to the last; vectorised (~0.3 s for 1.3M samples).
 
     ``sample_pages[k]`` is the page of ``indices[k]`` (only used by ``quasi_random``).
     """

@@ -1,9 +1,10 @@
 """Write an ImageFolder split into an FFCV ``.beton`` of pre-cropped images.
 
 Worker processes decode, ADM-crop and encode images (:mod:`writers.encode`); the
-main process receives them in ImageFolder order and appends them to the beton
-through FFCV's own page allocator, so the file is a plain FFCV 1.0.2 beton with
-fields ``image`` (RGB) and ``label`` (int). Unreadable files are skipped and
+main process receives them in a seeded random permutation of ImageFolder order
+(so every page mixes classes) and appends them to the beton through FFCV's own
+page allocator, so the file is a plain FFCV 1.0.2 beton with fields ``image``
+(RGB), ``label`` (int) and ``index`` (the sample's ImageFolder index). Unreadable files are skipped and
 reported (or fail the run with ``strict``), the output appears under its final
 name only once complete, and a JSON sidecar records how it was made.
 """
@@ -26,6 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 import jit_ffcv
+from jit_ffcv.mixing import sample_permutation
 from writers.encode import MODES, Encoded, encode_chunk
 from writers.folder import FolderScan, find_classes, scan_split
 from writers.metadata import BetonMetadata, file_sha256, sidecar_path
@@ -91,11 +93,13 @@ class _BetonFile:
     result is byte-compatible with any FFCV 1.0.2 reader.
     """
 
-    def __init__(self, path: Path, capacity: int, mode: str, quality: int) -> None:
+    def __init__(self, path: Path, capacity: int, mode: str, quality: int, index_field: bool = True) -> None:
         from jit_ffcv._ffcv import IMAGE_MODES, DatasetWriter, IntField, MemoryAllocator, RGBImageField
 
         self.path = path
         fields = {"image": RGBImageField(write_mode=mode, jpeg_quality=quality), "label": IntField()}
+        if index_field:  # only replicas of betons written before the field lack it
+            fields["index"] = IntField()
         self.writer = DatasetWriter(str(path), fields, num_workers=1)
         self.writer.num_samples = capacity  # an upper bound: skipped files leave unused rows
         self.writer.prepare()
@@ -107,7 +111,8 @@ class _BetonFile:
         self.count = 0
         self.payload_bytes = 0
 
-    def append(self, payload: bytes, label: int, img_size: int) -> None:
+    def append(self, payload: bytes, label: int, img_size: int, index: int | None = None) -> None:
+        """Store one sample; ``index`` is its ImageFolder index (required with an ``index`` field)."""
         i = self.count
         self.allocator.set_current_sample(i)
         ptr, buffer = self.allocator.malloc(len(payload))
@@ -117,6 +122,8 @@ class _BetonFile:
         self.image["width"][i] = img_size
         self.image["data_ptr"][i] = ptr
         self.metadata["f1"][i] = label
+        if index is not None:
+            self.metadata["f2"][i] = index
         self.count += 1
         self.payload_bytes += len(payload)
 
@@ -140,11 +147,11 @@ class _BetonFile:
 
 
 @contextmanager
-def _partial_beton(out: Path, capacity: int, mode: str, quality: int) -> Iterator[_BetonFile]:
+def _partial_beton(out: Path, capacity: int, mode: str, quality: int, index_field: bool = True) -> Iterator[_BetonFile]:
     """A beton being written at ``out``'s hidden partial path: closed on success, deleted on failure."""
     partial = _partial_path(out)
     try:
-        beton = _BetonFile(partial, capacity, mode, quality)
+        beton = _BetonFile(partial, capacity, mode, quality, index_field)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
@@ -183,8 +190,12 @@ def write_beton(
     strict: bool = False,
     limit: int | None = None,
     progress: bool = True,
+    shuffle_seed: int | None = 0,
 ) -> BetonMetadata:
     """Write the samples of ``scan`` to ``out`` and its JSON sidecar; return the metadata.
+
+    Samples are stored in ``sample_permutation(N, shuffle_seed)`` order (``None``: ImageFolder
+    order), each with its ImageFolder index (position in ``scan.samples``) in the ``index`` field.
 
     The beton is written as ``.NAME.<host>-<pid>.partial`` and renamed only when
     complete, its sidecar first, so a killed writer never leaves a file that looks
@@ -196,6 +207,8 @@ def write_beton(
     out.parent.mkdir(parents=True, exist_ok=True)
     samples = scan.samples[:limit] if limit is not None else scan.samples
     tasks = [(i, path, label) for i, (path, label) in enumerate(samples)]
+    if shuffle_seed is not None:
+        tasks = [tasks[i] for i in sample_permutation(len(tasks), shuffle_seed).tolist()]
     skipped: list[dict[str, str]] = []
     counts = [0] * len(scan.classes)
     with _partial_beton(out, max(len(tasks), 1), mode, quality) as beton:
@@ -210,7 +223,7 @@ def write_beton(
                         raise BadImageError(f"cannot decode {path}: {enc.error} (drop --strict to skip and report it)")
                     skipped.append({"path": path, "error": enc.error or ""})
                     continue
-                beton.append(enc.payload, enc.label, img_size)
+                beton.append(enc.payload, enc.label, img_size, enc.index)
                 counts[enc.label] += 1
         if beton.count == 0 and tasks:
             raise BadImageError(f"none of the {len(tasks)} images under {scan.root} could be decoded")
@@ -233,6 +246,8 @@ def write_beton(
         images_per_second=round(len(tasks) / seconds, 1) if seconds > 0 else 0.0,
         num_workers=num_workers,
         writer_version=jit_ffcv.__version__,
+        sample_order="folder" if shuffle_seed is None else "shuffled",
+        shuffle_seed=shuffle_seed,
     )
     _publish(beton.path, out, meta)
     return meta
@@ -251,6 +266,17 @@ def read_payloads(beton: str | os.PathLike, limit: int | None = None) -> tuple[l
     return payloads, np.array(reader.metadata["f1"][:limit]).reshape(-1)
 
 
+def read_indices(beton: str | os.PathLike) -> np.ndarray | None:
+    """ImageFolder index of every stored sample (its ``index`` field), or None for betons written without it."""
+    from jit_ffcv._ffcv import Reader
+
+    reader = Reader(str(beton))
+    names = list(reader.handlers)
+    if "index" not in names:
+        return None
+    return np.array(reader.metadata[f"f{names.index('index')}"]).reshape(-1).astype(np.int64)
+
+
 def replicate_beton(src: str | os.PathLike, out: str | os.PathLike, times: int) -> BetonMetadata:
     """Write ``out`` holding ``src``'s samples ``times`` times over (for benchmarks).
 
@@ -263,11 +289,14 @@ def replicate_beton(src: str | os.PathLike, out: str | os.PathLike, times: int) 
         raise ValueError(f"times must be >= 1, got {times!r}")
     meta = read_metadata(src)
     payloads, labels = read_payloads(src)
+    indices = read_indices(src)
+    index_list = [None] * len(payloads) if indices is None else indices.tolist()
     out = Path(out)
-    with _partial_beton(out, len(payloads) * times, meta.mode, meta.quality or DEFAULT_QUALITY) as beton:
+    quality = meta.quality or DEFAULT_QUALITY
+    with _partial_beton(out, len(payloads) * times, meta.mode, quality, indices is not None) as beton:
         for _ in range(times):
-            for payload, label in zip(payloads, labels.tolist(), strict=True):
-                beton.append(payload, label, meta.img_size)
+            for payload, label, index in zip(payloads, labels.tolist(), index_list, strict=True):
+                beton.append(payload, label, meta.img_size, index)
     partial = beton.path
     meta.num_samples = beton.count
     meta.class_counts = [c * times for c in meta.class_counts]
@@ -315,6 +344,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output FILE.beton")
     parser.add_argument("--strict", action="store_true", help="fail on the first unreadable image")
     parser.add_argument("--limit", type=int, default=None, help="write only the first N images (dry run)")
+    parser.add_argument("--shuffle-seed", type=int, default=0, help="seed of the stored sample order (mixes classes)")
+    parser.add_argument("--no-shuffle", action="store_true", help="store samples in ImageFolder (class-sorted) order")
     return parser
 
 
@@ -335,6 +366,7 @@ def main(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         strict=args.strict,
         limit=args.limit,
+        shuffle_seed=None if args.no_shuffle else args.shuffle_seed,
     )
     print(summary(meta, args.out))
     return 0

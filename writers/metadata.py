@@ -43,6 +43,10 @@ class BetonMetadata:
     images_per_second: float = 0.0
     num_workers: int = 1
     writer_version: str = ""
+    #: "shuffled": stored in ``jit_ffcv.mixing.sample_permutation(N, shuffle_seed)`` order, each sample's
+    #: ImageFolder index in the ``index`` field; "folder": ImageFolder order (sidecars before the field)
+    sample_order: str = "folder"
+    shuffle_seed: int | None = None
     crop: str = CROP_METHOD
     format: str = FORMAT
 
