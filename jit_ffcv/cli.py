@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -22,6 +22,7 @@ def _info(args: argparse.Namespace) -> int:
     print(f"size:         {meta.size_bytes / 2**20:.1f} MiB ({meta.size_bytes / max(meta.num_samples, 1) / 1024:.1f} KiB/image)")
     print(f"crop:         {meta.crop}   source: {meta.source}")
     print(f"written:      {meta.seconds:.1f} s, {meta.images_per_second:.0f} img/s, {meta.num_workers} workers, writer {meta.writer_version}")
+    print(f"order:        {_layout(meta, 'index' in Reader(str(args.beton)).handlers)}")
     print(f"skipped:      {len(meta.skipped)}   ignored (non-image): {len(meta.ignored)}")
     for s in meta.skipped:
         print(f"  {s['path']}: {s['error']}")
@@ -30,6 +31,15 @@ def _info(args: argparse.Namespace) -> int:
         print("error: sample count differs from metadata", file=sys.stderr)
         return 1
     return 0
+
+
+def _layout(meta: Any, has_index: bool) -> str:
+    """How stored samples relate to ImageFolder order, and how to trace one back to its file."""
+    trace = "sample i is ImageFolder sample index[i] (field 'index')" if has_index else (
+        "sample i is the i-th non-skipped file (no index field)")
+    if meta.sample_order == "shuffled":
+        return f"shuffled (seed {meta.shuffle_seed}); {trace}"
+    return f"ImageFolder (class-sorted), mixes classes poorly with order='quasi_random'; {trace}"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,8 @@ import pytest
 
 from jit_ffcv.synthetic import SyntheticFolder, make_image_folder
 from tests.conftest import SMALL, read_beton, shared_sample
-from writers.beton import BadImageError, write_split
+from jit_ffcv.mixing import sample_permutation
+from writers.beton import BadImageError, read_indices, read_payloads, replicate_beton, write_split
 from writers.encode import crop_file
 from writers.folder import DatasetLayoutError
 from writers.metadata import BetonMismatchError, read_metadata, sidecar_path
@@ -30,6 +31,16 @@ def expected_samples(split_dir: Path, classes: list[str] | None = None) -> list[
     return out
 
 
+def stored_samples(beton: Path, samples: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """ImageFolder (path, index) of every stored sample, through the beton's ``index`` field."""
+    return [samples[i] for i in read_indices(beton).tolist()]
+
+
+def shuffled_kept(samples: list[tuple[str, int]], broken: list[str], seed: int = 0) -> list[int]:
+    """ImageFolder indices in the writer's stored order: its permutation, less the skipped files."""
+    return [i for i in sample_permutation(len(samples), seed).tolist() if samples[i][0] not in broken]
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
@@ -37,9 +48,12 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_raw_is_bit_exact_and_labels_follow_imagefolder(synthetic: SyntheticFolder, raw_beton: Path) -> None:
     images, labels = read_beton(raw_beton)
-    expected = [(p, c) for p, c in expected_samples(synthetic.root / "train") if p not in synthetic.broken]
+    samples = expected_samples(synthetic.root / "train")
+    assert read_indices(raw_beton).tolist() == shuffled_kept(samples, synthetic.broken)
+    expected = stored_samples(raw_beton, samples)
     assert len(images) == len(expected) == 20
     assert labels.tolist() == [c for _, c in expected]
+    assert sorted(expected) == [(p, c) for p, c in samples if p not in synthetic.broken]
     for img, (path, _) in zip(images, expected):
         np.testing.assert_array_equal(img, crop_file(path, SMALL), err_msg=path)
 
@@ -54,7 +68,8 @@ def test_bad_files_are_reported_exactly(synthetic: SyntheticFolder, raw_beton: P
 
 def test_jpg_quality_floor(synthetic: SyntheticFolder, jpg_beton: Path) -> None:
     images, labels = read_beton(jpg_beton)
-    expected = [(p, c) for p, c in expected_samples(synthetic.root / "train") if p not in synthetic.broken]
+    expected = stored_samples(jpg_beton, expected_samples(synthetic.root / "train"))
+    assert len(expected) == 20
     assert labels.tolist() == [c for _, c in expected]
     scores = [psnr(img, crop_file(path, SMALL)) for img, (path, _) in zip(images, expected)]
     assert min(scores) > 30.0, scores
@@ -66,7 +81,8 @@ def test_val_keeps_train_indices(synthetic: SyntheticFolder, tmp_path: Path) -> 
     out = tmp_path / "val.beton"
     meta = write_split(synthetic.root, "val", out, img_size=32, mode="raw", num_workers=0, progress=False)
     _, labels = read_beton(out)
-    expected = expected_samples(synthetic.root / "val", classes=synthetic.classes)
+    expected = stored_samples(out, expected_samples(synthetic.root / "val", classes=synthetic.classes))
+    assert len(expected) == 4
     assert labels.tolist() == [c for _, c in expected]
     assert set(labels.tolist()) == {0, 2}  # val holds classes 0 and 2 only; indices are train's
     assert meta.classes == synthetic.classes and meta.class_counts == [2, 0, 2, 0]
@@ -99,7 +115,7 @@ def test_layout_errors_name_the_path(tmp_path: Path, layout: str, match: str) ->
 
 def test_strict_fails_and_leaves_nothing(synthetic: SyntheticFolder, tmp_path: Path) -> None:
     out = tmp_path / "strict.beton"
-    with pytest.raises(BadImageError, match="zz_truncated"):
+    with pytest.raises(BadImageError, match=r"cannot decode .*/zz_(truncated|empty|not_an_image)"):  # first in stored order
         write_split(synthetic.root, "train", out, img_size=32, mode="raw", num_workers=0, strict=True, progress=False)
     assert os.listdir(tmp_path) == []  # no beton, no sidecar, no partial file
 
@@ -151,9 +167,11 @@ def test_real_imagenet_sample(tmp_path: Path) -> None:
     write_split(root, "train", jpg, img_size=256, mode="jpg", quality=90, num_workers=2, progress=False)
     raw_images, raw_labels = read_beton(raw)
     jpg_images, jpg_labels = read_beton(jpg)
-    assert raw_labels.tolist() == jpg_labels.tolist() == [c for _, c in expected] == list(range(300))
+    indices = read_indices(raw).tolist()
+    assert indices == read_indices(jpg).tolist() == sample_permutation(300, 0).tolist()
+    assert raw_labels.tolist() == jpg_labels.tolist() == [expected[i][1] for i in indices] == indices
     scores = []
-    for i, (path, _) in enumerate(expected):
+    for i, (path, _) in enumerate(stored_samples(raw, expected)):
         ref = crop_file(path, 256)
         np.testing.assert_array_equal(raw_images[i], ref, err_msg=path)
         scores.append(psnr(jpg_images[i], ref))
@@ -181,3 +199,52 @@ def test_killed_writer_leaves_no_finished_file(tmp_path: Path) -> None:
     assert proc.wait(timeout=60) == -signal.SIGKILL  # killed while writing, not after finishing
     assert not out.exists() and not sidecar_path(out).exists()
     assert len(list(out.parent.glob(".train.beton.*.partial"))) == 1  # only the hidden partial file remains
+
+
+def test_no_shuffle_keeps_folder_order_and_seed_changes_it(synthetic: SyntheticFolder, tmp_path: Path) -> None:
+    samples = expected_samples(synthetic.root / "train")
+    kept = [i for i, (p, _) in enumerate(samples) if p not in synthetic.broken]
+    args = {"img_size": 32, "mode": "raw", "num_workers": 2, "progress": False}
+    folder = write_split(synthetic.root, "train", tmp_path / "f.beton", shuffle_seed=None, **args)
+    seeded = write_split(synthetic.root, "train", tmp_path / "s.beton", shuffle_seed=7, **args)
+    assert read_indices(tmp_path / "f.beton").tolist() == kept
+    assert read_indices(tmp_path / "s.beton").tolist() == shuffled_kept(samples, synthetic.broken, seed=7) != kept
+    assert (folder.sample_order, folder.shuffle_seed, seeded.sample_order, seeded.shuffle_seed) == \
+        ("folder", None, "shuffled", 7)
+    assert json.loads(sidecar_path(tmp_path / "s.beton").read_text())["shuffle_seed"] == 7
+    _, labels = read_beton(tmp_path / "f.beton")
+    assert labels.tolist() == [samples[i][1] for i in kept]
+
+
+def test_bad_shuffle_seed_fails_before_any_work(synthetic: SyntheticFolder, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"shuffle_seed must be an integer >= 0 \(or None to keep folder order\), got -1"):
+        write_split(synthetic.root, "train", tmp_path / "x.beton", img_size=32, mode="raw", num_workers=0,
+                    progress=False, shuffle_seed=-1)
+    assert os.listdir(tmp_path) == []
+
+
+def test_replicate_keeps_payloads_labels_and_indices(raw_beton: Path, tmp_path: Path) -> None:
+    out = tmp_path / "x3.beton"
+    meta = replicate_beton(raw_beton, out, 3)
+    payloads, labels = read_payloads(raw_beton)
+    big_payloads, big_labels = read_payloads(out)
+    assert big_payloads == payloads * 3 and big_labels.tolist() == labels.tolist() * 3
+    assert read_indices(out).tolist() == read_indices(raw_beton).tolist() * 3
+    assert (meta.num_samples, meta.sample_order, meta.shuffle_seed) == (60, "shuffled", 0)
+
+
+def test_cli_no_shuffle_and_info_layout(synthetic: SyntheticFolder, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from jit_ffcv.cli import main
+
+    common = ["write", "--data-path", str(synthetic.root), "--img-size", "32", "--mode", "raw", "--num-workers", "0"]
+    assert main(common + ["--no-shuffle", "--out", str(tmp_path / "f.beton")]) == 0
+    assert main(common + ["--shuffle-seed", "5", "--out", str(tmp_path / "s.beton")]) == 0
+    assert read_metadata(tmp_path / "f.beton").sample_order == "folder"
+    assert read_metadata(tmp_path / "s.beton").shuffle_seed == 5
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "s.beton")]) == 0
+    assert "order:        shuffled (seed 5); sample i is ImageFolder sample index[i] (field 'index')" \
+        in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "f.beton")]) == 0
+    assert "order:        ImageFolder (class-sorted)" in capsys.readouterr().out
