@@ -165,7 +165,7 @@ def warn_if_folder_order(meta: BetonMetadata, beton: str | os.PathLike) -> bool:
     warnings.warn(
         f"{beton} stores its samples in ImageFolder (class-sorted) order, so order='quasi_random' mixes "
         f"classes poorly: on ImageNet-1k at batch 128 a batch holds ~83% (W=1), ~81% (W=8) or ~45% (W=64) "
-        f"of a uniform shuffle's distinct classes, and one rank sees ~45% of the classes per epoch at W=8. "
+        f"of a uniform shuffle's distinct classes, and one rank sees ~44% of the classes per epoch at W=8. "
         f"Rewrite it in shuffled order (the writer's default) with `jit-ffcv write --data-path {data_path} "
         f"--split {meta.split} --img-size {meta.img_size} --mode {meta.mode}{quality} --out {beton}`, "
         f"or use order='random' (reads every page on every rank).",

@@ -316,3 +316,18 @@ def test_ffcv_loader_integration(tiny_beton: Path) -> None:
         expected = epoch_order(pages, np.arange(50), kind="quasi_random", num_replicas=2, rank=1,
                                seed=3, epoch=epoch, drop_last=False, buffer_pages=8)
         assert np.array_equal(labels, expected[:len(loader) * 4])
+
+
+@pytest.mark.parametrize("num_pages", [6, 40, 60, 500])
+def test_quasi_random_buffer_full_at_both_edges_and_bounded(num_pages: int) -> None:
+    """First and last 32 samples come from ~20 of the B=32 buffered pages (not ~6), yet at most ~B are open.
+
+    num_pages 40 and 60 (between B and 2B) have segments widened at both ends.
+    """
+    buffer_pages, per_page = 32, 50
+    pages = np.arange(num_pages * per_page) // per_page
+    (order,) = all_ranks(len(pages), 1, "quasi_random", 0, pages=pages, buffer_pages=buffer_pages)
+    assert sorted(order.tolist()) == list(range(len(pages)))
+    assert max_open_pages(order, pages) <= min(num_pages, buffer_pages + 2)
+    for edge in (order[:32], order[-32:]):
+        assert len(np.unique(pages[edge])) >= min(num_pages, 14)
