@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from writers.metadata import BetonMetadata
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -33,7 +36,7 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _layout(meta: Any, has_index: bool) -> str:
+def _layout(meta: BetonMetadata, has_index: bool) -> str:
     """How stored samples relate to ImageFolder order, and how to trace one back to its file."""
     trace = "sample i is ImageFolder sample index[i] (field 'index')" if has_index else (
         "sample i is the i-th non-skipped file (no index field)")

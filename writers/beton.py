@@ -4,8 +4,8 @@ Worker processes decode, ADM-crop and encode images (:mod:`writers.encode`); the
 main process receives them in a seeded random permutation of ImageFolder order
 (so every page mixes classes) and appends them to the beton through FFCV's own
 page allocator, so the file is a plain FFCV 1.0.2 beton with fields ``image``
-(RGB), ``label`` (int) and ``index`` (the sample's ImageFolder index). Unreadable files are skipped and
-reported (or fail the run with ``strict``), the output appears under its final
+(RGB), ``label`` (int) and ``index`` (the sample's ImageFolder index). Unreadable
+files are skipped and reported (or fail the run with ``strict``), the output appears under its final
 name only once complete, and a JSON sidecar records how it was made.
 """
 
@@ -98,7 +98,8 @@ class _BetonFile:
 
         self.path = path
         fields = {"image": RGBImageField(write_mode=mode, jpeg_quality=quality), "label": IntField()}
-        if index_field:  # only replicas of betons written before the field lack it
+        self.index_field = index_field  # only replicas of betons written before the field lack it
+        if index_field:
             fields["index"] = IntField()
         self.writer = DatasetWriter(str(path), fields, num_workers=1)
         self.writer.num_samples = capacity  # an upper bound: skipped files leave unused rows
@@ -113,6 +114,8 @@ class _BetonFile:
 
     def append(self, payload: bytes, label: int, img_size: int, index: int | None = None) -> None:
         """Store one sample; ``index`` is its ImageFolder index (required with an ``index`` field)."""
+        if (index is None) == self.index_field:
+            raise ValueError(f"index must be {'an int' if self.index_field else 'None'} for this beton, got {index!r}")
         i = self.count
         self.allocator.set_current_sample(i)
         ptr, buffer = self.allocator.malloc(len(payload))
