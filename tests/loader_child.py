@@ -119,9 +119,10 @@ def abandon(beton: str) -> dict[str, Any]:
     loader = make_loader(beton, [SimpleRGBImageDecoder()], (Slow(),), os_cache=False, batches_ahead=4)
     base = threading.active_count()
     restart_seconds = []
+    it = None
     for _ in range(3):
-        it = iter(loader)
         started = time.perf_counter()
+        it = iter(loader)  # rebinding drops (and finishes) the previous epoch's iterator
         next(it)
         restart_seconds.append(time.perf_counter() - started)
     started = time.perf_counter()
