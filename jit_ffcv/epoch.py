@@ -18,10 +18,10 @@ from threading import Event, Thread
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
-from ffcv.loader.epoch_iterator import EpochIterator
-from ffcv.utils import chunks
 
-from jit_ffcv._ffcv import Compiler
+from jit_ffcv._ffcv import Compiler  # first: imports FFCV without its side effect on torch's threads
+from ffcv.loader.epoch_iterator import EpochIterator  # noqa: E402, I001
+from ffcv.utils import chunks  # noqa: E402
 
 if TYPE_CHECKING:
     from jit_ffcv.loader import JiTLoader
