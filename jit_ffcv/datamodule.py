@@ -3,9 +3,10 @@
 ``prepare_data`` writes missing betons (once, on rank 0), ``setup`` opens their
 metadata and refuses ones that do not match, the ``*_dataloader`` hooks build
 FFCV loaders with a distributed-aware order and seeded, numba-compiled flips.
-Batches are ``(images, labels)``: uint8 ``(B, 3, H, W)`` in [0, 255] (a drop-in
-for ``PILToTensor``) or, with ``output="float"``, float32 ``x / 255 * 2 - 1`` on
-the target device (what JiT feeds its model).
+Batches are ``(images, labels)``: contiguous uint8 ``(B, 3, H, W)`` in [0, 255] and
+int64 ``(B,)`` (a drop-in for ``PILToTensor`` + ``default_collate``) or, with
+``output="float"``, float32 ``x / 255 * 2 - 1`` on the target device (what JiT
+feeds its model).
 """
 
 from __future__ import annotations
@@ -18,17 +19,21 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numba
+import numpy as np
 import torch
 
-from jit_ffcv._ffcv import IntDecoder, Operation, SimpleRGBImageDecoder, Squeeze, ToDevice, ToTensor, ToTorchImage
+from jit_ffcv._ffcv import (
+    IntDecoder, Operation, Reader, SimpleRGBImageDecoder, Squeeze, ToDevice, ToTensor, ToTorchImage,
+)
 from jit_ffcv.crop import center_crop_arr
+from jit_ffcv.layout import ToCHW
 from jit_ffcv.loader import JiTLoader
 from jit_ffcv.mixing import warn_if_folder_order
 from jit_ffcv.ops import EpochCell, FlipDecoder, ToUnitRange, check_prob
 from jit_ffcv.order import KINDS, QuasiRandomOrder, RandomOrder, SequentialOrder, samples_per_rank
 from writers.beton import DEFAULT_QUALITY, write_split
 from writers.encode import MODES
-from writers.metadata import BetonMetadata, read_metadata, verify_file
+from writers.metadata import BetonMetadata, BetonMismatchError, read_metadata, sidecar_path, verify_file
 
 __all__ = ["JiTDataModule", "create_jit_datamodule", "center_crop_arr", "beton_name"]
 
@@ -53,9 +58,26 @@ def _choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
-def _at_least(name: str, value: int, low: int) -> None:
-    if not isinstance(value, int) or value < low:
+#: seeds the flip hash takes (a numba int64); the order's SeedSequence takes any of them too
+SEED_LIMIT = 2**63
+
+
+def _is_int(value: Any) -> bool:
+    """Python or numpy integer, not a bool (``True`` is no batch size)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _at_least(name: str, value: Any, low: int) -> int:
+    if not _is_int(value) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def _in_range(name: str, value: Any, low: int, high: int) -> int:
+    """``value`` as an int in ``[low, high)``, else a ValueError naming ``name``."""
+    if not _is_int(value) or not low <= value < high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}), got {value!r}")
+    return int(value)
 
 
 class JiTDataModule(pl.LightningDataModule):
@@ -67,19 +89,22 @@ class JiTDataModule(pl.LightningDataModule):
         batch_size: per-device batch size.
         num_workers: decoding threads per process (FFCV uses threads, not processes); capped at numba's
             thread limit (the number of cores), which FFCV would otherwise reject.
-        pin_memory: kept for API compatibility; FFCV pins its buffers whenever CUDA is present.
+        pin_memory: pin the batch buffers (page-locked, for fast non-blocking copies to CUDA); only
+            possible when CUDA is present. ``False`` keeps them pageable.
         num_replicas, rank: sharding; by default from ``torch.distributed``, else the Trainer.
         beton_dir: where betons live (default ``data_path/ffcv``; set it for read-only datasets).
         train_beton, val_beton: explicit beton paths (override ``beton_dir`` naming).
         mode, quality: how missing betons are written (``jpg`` with JPEG ``quality``, or ``raw``).
         order: ``quasi_random`` (page-local, default), ``random`` or ``sequential``.
         os_cache: let the OS page cache hold the beton (True) or FFCV's bounded process cache.
-        seed: seed of the order and of the flips (both are functions of seed, epoch, index).
+        seed: seed of the order and of the flips (both are functions of seed, epoch, index); 0 <= seed < 2**63.
         drop_last: drop the last partial batch of each epoch (JiT's ``DataLoader(drop_last=True)``).
         sampler_drop_last: DistributedSampler's ``drop_last``: N//W samples per rank instead of padding.
         batches_ahead: batches FFCV prepares in advance.
         flip_prob: probability of a horizontal flip (train only).
         output: ``uint8`` NCHW in [0, 255] or ``float`` (x/255*2-1) on ``device``.
+        channels_last: images in channels-last memory (NHWC, what FFCV gives for free) instead of
+            contiguous NCHW (``PILToTensor``'s layout, the default); the shape is (B, 3, H, W) either way.
         device: target device of the batches; default: the Trainer's, else CUDA if present, else CPU.
         write_workers: processes used by ``prepare_data`` to write missing betons (default: all cores).
         buffer_pages: pages in the quasi-random rolling buffer (default 2 * batch_size, as FFCV).
@@ -111,21 +136,32 @@ class JiTDataModule(pl.LightningDataModule):
         device: str | None = None,
         write_workers: int | None = None,
         buffer_pages: int | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
-        _at_least("img_size", img_size, 32)
-        _at_least("batch_size", batch_size, 1)
-        _at_least("num_workers", num_workers, 1)
-        _at_least("batches_ahead", batches_ahead, 1)
-        _at_least("seed", seed, 0)
+        img_size = _at_least("img_size", img_size, 32)
+        batch_size = _at_least("batch_size", batch_size, 1)
+        num_workers = _at_least("num_workers", num_workers, 1)
+        batches_ahead = _at_least("batches_ahead", batches_ahead, 1)
+        seed = _in_range("seed", seed, 0, SEED_LIMIT)
         _choice("mode", mode, MODES)
         _choice("order", order, KINDS)
         _choice("output", output, _OUTPUTS)
+        if mode == "jpg":
+            quality = _in_range("quality", quality, 1, 101)
         check_prob(flip_prob)
         if num_replicas is not None:
-            _at_least("num_replicas", num_replicas, 1)
-        if rank is not None and not (isinstance(rank, int) and 0 <= rank < (num_replicas or rank + 1)):
-            raise ValueError(f"rank must be an integer in [0, num_replicas={num_replicas}), got {rank!r}")
+            num_replicas = _at_least("num_replicas", num_replicas, 1)
+        if rank is not None:
+            rank = _at_least("rank", rank, 0) if num_replicas is None else _in_range("rank", rank, 0, num_replicas)
+        if write_workers is not None:
+            write_workers = _at_least("write_workers", write_workers, 0)
+        if buffer_pages is not None:
+            buffer_pages = _at_least("buffer_pages", buffer_pages, 1)
+        for name, flag in (("pin_memory", pin_memory), ("os_cache", os_cache), ("drop_last", drop_last),
+                           ("sampler_drop_last", sampler_drop_last), ("channels_last", channels_last)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
         self.save_hyperparameters()
         self.data_path = Path(data_path)
         self.img_size = img_size
@@ -148,6 +184,7 @@ class JiTDataModule(pl.LightningDataModule):
         self.device = device
         self.write_workers = write_workers
         self.buffer_pages = buffer_pages
+        self.channels_last = bool(channels_last)
         self._paths = {
             "train": Path(train_beton) if train_beton else self.beton_dir / beton_name("train", img_size, mode, quality),
             "val": Path(val_beton) if val_beton else self.beton_dir / beton_name("val", img_size, mode, quality),
@@ -196,6 +233,7 @@ class JiTDataModule(pl.LightningDataModule):
             classes = self._meta["train"].classes if split == "val" else None
             meta.check_matches(img_size=self.img_size, mode=self.mode, quality=self.quality, classes=classes)
             verify_file(path, meta)
+            _check_header(path, meta)
             if split == "train" and split not in self._meta:  # once per DataModule
                 warn_if_folder_order(meta, path)
             self._meta[split] = meta
@@ -238,10 +276,12 @@ class JiTDataModule(pl.LightningDataModule):
         return [SimpleRGBImageDecoder()]
 
     def _tensor_ops(self) -> tuple[list[Operation], list[Operation]]:
-        """Ops appended to the image and label pipelines: to tensor, NCHW, device, range."""
+        """Ops appended to the image and label pipelines: NCHW, to tensor, device, range; labels (B,)."""
         device = self._target_device()
-        image: list[Operation] = [ToTensor(), ToTorchImage(channels_last=True)]
-        label: list[Operation] = [IntDecoder(), ToTensor(), Squeeze()]
+        image: list[Operation] = (
+            [ToTensor(), ToTorchImage(channels_last=True)] if self.channels_last else [ToCHW(), ToTensor()]
+        )
+        label: list[Operation] = [IntDecoder(), ToTensor(), Squeeze(1)]  # (B, 1) -> (B,), also for B = 1
         if device is not None and device.type != "cpu":
             image.append(ToDevice(device, non_blocking=True))
             label.append(ToDevice(device, non_blocking=True))
@@ -276,6 +316,7 @@ class JiTDataModule(pl.LightningDataModule):
             drop_last=self.drop_last if train else False,
             batches_ahead=self.batches_ahead,
             epoch_cell=cell,
+            pin_memory=self.pin_memory,
         )
 
     def train_dataloader(self) -> JiTLoader:
@@ -324,6 +365,25 @@ class JiTDataModule(pl.LightningDataModule):
             info["val_num_samples"] = self._meta["val"].num_samples
             info["val_beton"] = str(self._paths["val"])
         return info
+
+
+def _check_header(path: Path, meta: BetonMetadata) -> None:
+    """The beton's own header and sample table must agree with its sidecar (sample count, image size)."""
+    reader = Reader(str(path))
+    image = reader.metadata[f"f{list(reader.handlers).index('image')}"]
+    found = {
+        "num_samples": [int(reader.num_samples)],
+        "height": np.unique(image["height"]).tolist(),
+        "width": np.unique(image["width"]).tolist(),
+    }
+    wanted = {"num_samples": meta.num_samples, "height": meta.img_size, "width": meta.img_size}
+    for key, values in found.items():
+        if any(v != wanted[key] for v in values):
+            raise BetonMismatchError(
+                f"{path} holds {key}={values[0] if len(values) == 1 else values} but its sidecar "
+                f"{sidecar_path(path)} says {wanted[key]}: the beton and its .json do not belong together; "
+                f"rewrite the beton (delete both files)"
+            )
 
 
 def create_jit_datamodule(args: argparse.Namespace, **overrides: Any) -> JiTDataModule:

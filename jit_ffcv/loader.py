@@ -8,11 +8,14 @@ offers both on top of FFCV's loader, and publishes the epoch to compiled ops
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections import defaultdict
+from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 
-from jit_ffcv._ffcv import Loader
+from jit_ffcv._ffcv import AllocationQuery, Compiler, Loader
+from jit_ffcv.epoch import EpochThread
 from jit_ffcv.ops import EpochCell
 
 
@@ -46,29 +49,33 @@ class EpochSampler:
 class JiTLoader(Loader):
     """FFCV ``Loader`` with ``set_epoch``, a ``sampler`` view and an epoch cell for seeded ops.
 
-    It also keeps FFCV's batch buffers from one epoch to the next: FFCV allocates
-    ``(batches_ahead + 2) * batch_size`` fresh images every epoch and pays a
-    first-touch page fault for every 4 KiB of them, a visible cost on short epochs.
+    Each epoch runs in an :class:`~jit_ffcv.epoch.EpochThread` (errors reach ``next()``, closing
+    never hangs), one epoch at a time: starting a new iterator ends the previous one, which then
+    raises instead of returning another epoch's batches. The batch buffers are kept from one epoch
+    to the next: FFCV allocates fresh ones every epoch and pays a first-touch page fault for every
+    4 KiB of them, a visible cost on short epochs. ``pin_memory=False`` keeps them pageable.
     """
 
     #: seconds to wait for an abandoned epoch's thread before giving up buffer reuse
     JOIN_TIMEOUT_S = 10.0
+    #: Lightning reads this of every loader; ``None`` makes it look at :attr:`sampler` instead
+    batch_sampler = None
 
-    def __init__(self, *args: Any, epoch_cell: EpochCell | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, epoch_cell: EpochCell | None = None, pin_memory: bool = True,
+                 **kwargs: Any) -> None:
         self.epoch_cell = epoch_cell or EpochCell()
+        self.pin_memory = bool(pin_memory)
         self._buffers: Any = None
-        self._running: Any = None  # the current epoch's FFCV EpochIterator (a thread)
+        self._running: EpochThread | None = None  # the current epoch's thread
         super().__init__(*args, **kwargs)
         self.sampler = EpochSampler(self)
-        allocate = self.graph.allocate_memory
+        self.graph.allocate_memory = self._allocate_once
 
-        def allocate_once(batch_size: int, batches_ahead: int) -> Any:
-            # FFCV's EpochIterator calls this at every epoch start.
-            if self._buffers is None:
-                self._buffers = allocate(batch_size, batches_ahead)
-            return self._buffers
-
-        self.graph.allocate_memory = allocate_once
+    def _allocate_once(self, batch_size: int, slots: int) -> Any:
+        """The batch buffers, allocated at the first epoch and reused (FFCV asks at every epoch start)."""
+        if self._buffers is None:
+            self._buffers = allocate_buffers(self.graph, batch_size, slots, pin=self.pin_memory)
+        return self._buffers
 
     def set_epoch(self, epoch: int) -> None:
         """Run ``epoch`` next (FFCV otherwise counts epochs itself, starting at 0)."""
@@ -82,11 +89,22 @@ class JiTLoader(Loader):
         Lightning calls ``iter()`` once only to check iterability, and creates the first
         epoch's iterator *before* calling ``sampler.set_epoch(0)``; starting eagerly would
         consume an epoch, leave a decoding thread behind and run a stale epoch. Starting an
-        epoch ends the previous one if it is still running (they would share buffers).
+        epoch ends the previous one if it is still running (they would share buffers), and
+        that one's iterator raises from then on.
         """
         return self._epoch_batches()
 
-    def _finish(self, epoch: Any) -> None:
+    def _start_epoch(self) -> EpochThread:
+        """Start the decoding thread of ``next_epoch`` (what FFCV's ``Loader.__iter__`` does)."""
+        Compiler.set_num_threads(self.num_workers)
+        epoch = self.next_epoch
+        order = self.next_traversal_order()[: len(self) * self.batch_size]
+        self.next_epoch += 1
+        if self.code is None or self.recompile:
+            self.generate_code()
+        return EpochThread(self, order, epoch)
+
+    def _finish(self, epoch: EpochThread) -> None:
         """Stop ``epoch``'s thread; if it will not stop, give the next epoch fresh buffers."""
         epoch.close()
         epoch.join(self.JOIN_TIMEOUT_S)
@@ -99,10 +117,52 @@ class JiTLoader(Loader):
         if self._buffers is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.current_stream().synchronize()  # the last epoch's batches may still be in use
         self.epoch_cell.set(self.next_epoch)
-        epoch = self._running = super().__iter__()
+        epoch = self._running = self._start_epoch()
         try:
-            yield from epoch
+            while True:
+                if self._running is not epoch:
+                    raise RuntimeError(
+                        f"this iterator of epoch {epoch.epoch} was ended by a newer iter(loader): a JiTLoader "
+                        f"runs one epoch at a time (epochs share its batch buffers); finish or drop an "
+                        f"iterator before starting the next"
+                    )
+                try:
+                    batch = next(epoch)
+                except StopIteration:
+                    return
+                yield batch
         finally:
-            self._finish(epoch)
             if self._running is epoch:
+                self._finish(epoch)
                 self._running = None
+
+
+def allocate_buffers(graph: Any, batch_size: int, slots: int, *, pin: bool) -> dict[str, dict[int, Any]]:
+    """FFCV's ``Graph.allocate_memory`` with pinning as asked (FFCV pins whenever it can).
+
+    Each operation's :class:`AllocationQuery` gets ``slots`` batches: one torch tensor per slot
+    for torch dtypes (on the query's device), one numpy array of ``slots`` batches otherwise.
+    """
+    requirements, _ = graph.collect_requirements()
+    buffers: dict[str, dict[int, Any]] = defaultdict(dict)
+    for kind, by_node in requirements.items():
+        for node_id, query in by_node.items():
+            if isinstance(query, AllocationQuery):
+                buffers[kind][node_id] = _allocate(query, batch_size, slots, pin)
+            elif isinstance(query, Sequence):
+                buffers[kind][node_id] = tuple(_allocate(q, batch_size, slots, pin) for q in query)
+            else:
+                buffers[kind][node_id] = None
+    return buffers
+
+
+def _allocate(query: AllocationQuery, batch_size: int, slots: int, pin: bool) -> Any:
+    """Buffers of one query; pinned only if ``pin`` and CUDA is there to pin for."""
+    pin = pin and torch.cuda.is_available()
+    if isinstance(query.dtype, torch.dtype):
+        tensors = [torch.empty(batch_size, *query.shape, dtype=query.dtype, device=query.device)
+                   for _ in range(slots)]
+        return [t.pin_memory() if pin and t.device.type == "cpu" else t for t in tensors]
+    dtype = torch.from_numpy(np.empty(0, dtype=query.dtype)).dtype
+    array = torch.empty(slots, batch_size, *query.shape, dtype=dtype)
+    return (array.pin_memory() if pin else array).numpy()

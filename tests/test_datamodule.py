@@ -373,3 +373,107 @@ def test_new_epoch_stops_a_still_open_one(synthetic: SyntheticFolder, beton_dir:
     labels = [y.clone() for _, y in loader]
     assert not running.is_alive() and loader._running is None
     assert torch.cat(labels).tolist() == reference[1][order[: len(loader) * B]].tolist()
+
+
+# --------------------------------------------------------------------------- #
+# drop-in batches: layout and labels
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_layout_is_contiguous_nchw_by_default(synthetic: SyntheticFolder, beton_dir: Path, reference: tuple,
+                                              channels_last: bool) -> None:
+    loader = make_dm(synthetic, beton_dir, channels_last=channels_last, flip_prob=0.0).train_dataloader()
+    order = list(loader.sampler)
+    x, y = next(iter(loader))
+    assert x.shape == (B, 3, 64, 64) and x.dtype == torch.uint8
+    assert x.is_contiguous() is not channels_last
+    assert x.is_contiguous(memory_format=torch.channels_last) is channels_last
+    if not channels_last:
+        assert x.view(B, -1).shape == (B, 3 * 64 * 64)  # what PILToTensor + default_collate allow
+    assert np.array_equal(x.numpy(), reference[0][order[:B]].transpose(0, 3, 1, 2))
+    assert y.tolist() == reference[1][order[:B]].tolist()
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_labels_are_always_a_vector(synthetic: SyntheticFolder, beton_dir: Path, reference: tuple,
+                                    batch_size: int) -> None:
+    """Batch size 1, and a last partial batch of 1 (val: 4 samples in batches of 3), give labels (B,)."""
+    dm = make_dm(synthetic, beton_dir, batch_size=batch_size)
+    val_labels = read_beton(beton_dir / "val_64_raw.beton")[1]
+    for loader, expected in ((dm.train_dataloader(), None), (dm.val_dataloader(), val_labels)):
+        order = list(loader.sampler)
+        batches = [y.clone() for _, y in loader]  # FFCV reuses its buffers
+        for y in batches:
+            assert y.dtype == torch.int64 and y.ndim == 1
+        if expected is not None:
+            assert [len(y) for y in batches] == ([1] * 4 if batch_size == 1 else [3, 1])
+            assert torch.cat(batches).tolist() == expected.tolist()
+        else:
+            assert torch.cat(batches).tolist() == reference[1][order[: len(loader) * batch_size]].tolist()
+
+
+def test_pin_memory_reaches_the_loader(synthetic: SyntheticFolder, beton_dir: Path) -> None:
+    assert make_dm(synthetic, beton_dir, pin_memory=False).train_dataloader().pin_memory is False
+    assert make_dm(synthetic, beton_dir).train_dataloader().pin_memory is True
+
+
+# --------------------------------------------------------------------------- #
+# constructor checks
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        ({"seed": 2**64}, "seed"),
+        ({"seed": 2**63}, "seed"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 1.0}, "seed"),
+        ({"quality": 0}, "quality"),
+        ({"quality": 101}, "quality"),
+        ({"quality": "90"}, "quality"),
+        ({"batch_size": True}, "batch_size"),
+        ({"num_workers": True}, "num_workers"),
+        ({"batches_ahead": False}, "batches_ahead"),
+        ({"img_size": np.bool_(True)}, "img_size"),
+        ({"num_replicas": True}, "num_replicas"),
+        ({"num_replicas": 2, "rank": True}, "rank"),
+        ({"buffer_pages": 0}, "buffer_pages"),
+        ({"write_workers": -1}, "write_workers"),
+        ({"pin_memory": "no"}, "pin_memory"),
+        ({"channels_last": 1}, "channels_last"),
+    ],
+)
+def test_bad_counts_and_seeds_are_refused(tmp_path: Path, kwargs: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        JiTDataModule(data_path=str(tmp_path), **kwargs)
+
+
+def test_numpy_integers_are_accepted(tmp_path: Path) -> None:
+    dm = JiTDataModule(data_path=str(tmp_path), img_size=np.int64(64), batch_size=np.int32(8),
+                       num_workers=np.uint8(2), seed=np.int64(2**63 - 1), quality=np.int16(95),
+                       num_replicas=np.int64(2), rank=np.int64(1), batches_ahead=np.int64(2))
+    values = (dm.img_size, dm.batch_size, dm.num_workers, dm.seed, dm.quality, dm.num_replicas, dm.rank,
+              dm.batches_ahead)
+    assert values == (64, 8, 2, 2**63 - 1, 95, 2, 1, 2)
+    assert all(type(v) is int for v in values)
+    assert dm.beton_path("train").name == "train_64_jpg95.beton"
+    raw = JiTDataModule(data_path=str(tmp_path), mode="raw", quality=0)  # quality is unused for raw betons
+    assert raw.beton_path("train").name == "train_256_raw.beton"
+
+
+# --------------------------------------------------------------------------- #
+# beton header against its sidecar
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("key,value,message", [("num_samples", 21, "num_samples=20"), ("img_size", 32, "height=64")])
+def test_header_must_match_the_sidecar(tmp_path: Path, beton_dir: Path, key: str, value: int, message: str) -> None:
+    """A sidecar that passes its own checks but does not describe the beton next to it."""
+    import json
+    import shutil
+
+    beton = tmp_path / "train.beton"
+    shutil.copy(beton_dir / "train_64_raw.beton", beton)
+    data = json.loads((beton_dir / "train_64_raw.beton.json").read_text())
+    data[key] = value
+    (tmp_path / "train.beton.json").write_text(json.dumps(data))
+    dm = JiTDataModule(data_path=str(tmp_path), img_size=data["img_size"], mode="raw", train_beton=str(beton))
+    with pytest.raises(BetonMismatchError, match=message) as error:
+        dm.setup("fit")
+    assert str(beton) in str(error.value) and "train.beton.json" in str(error.value)

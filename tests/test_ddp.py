@@ -15,8 +15,9 @@ from ffcv.reader import Reader
 
 from jit_ffcv.ops import flip_mask
 from jit_ffcv.order import epoch_order
-from jit_ffcv.synthetic import SyntheticFolder
+from jit_ffcv.synthetic import SyntheticFolder, make_image_folder
 from tests.conftest import read_beton
+from writers.beton import write_split
 from tests.ddp_fit import BATCH, FLIP, SEED
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,6 +25,8 @@ SCRIPT = Path(__file__).with_name("ddp_fit.py")
 N, W = 20, 2
 PER_RANK = -(-N // W)
 STEPS = PER_RANK // BATCH  # drop_last=True: 2 batches of 4 per rank and epoch
+VAL_N = 36  # val: 18 samples per rank in batches of 4, 4, 4, 4, 2: more than the 4 buffer slots
+VAL_SIZES = [4, 4, 4, 4, 2]
 
 pytestmark = pytest.mark.slow
 
@@ -61,16 +64,21 @@ def min_pages(beton: Path) -> np.ndarray:
 def ddp_run(synthetic: SyntheticFolder, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]:
     beton_dir = tmp_path_factory.mktemp("ddp_betons")
     out = tmp_path_factory.mktemp("ddp_out")
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(synthetic.root), str(beton_dir), str(out)],
+    # a larger val beton, with the same class names, from a second synthetic folder's train split
+    val_source = make_image_folder(tmp_path_factory.mktemp("ddp_val"), per_class=VAL_N // 4, broken=False, val=False)
+    val_beton = beton_dir / "val36.beton"
+    write_split(val_source.root, "train", val_beton, img_size=64, mode="raw", num_workers=0, progress=False)
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(synthetic.root), str(beton_dir), str(out),
+                           str(val_beton)],
                           env=ddp_env(), cwd=str(out), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"DDP run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     runs = {r: json.loads((out / f"rank{r}.json").read_text()) for r in range(W)}
     pixels = {r: dict(np.load(out / f"rank{r}.npz")) for r in range(W)}
-    return beton_dir / "train_64_raw.beton", runs, pixels
+    return beton_dir / "train_64_raw.beton", runs, pixels, val_beton
 
 
 def test_world_seen_by_every_rank(ddp_run: tuple) -> None:
-    _, runs, _ = ddp_run
+    _, runs, _, _ = ddp_run
     assert sorted(run["global_rank"] for run in runs.values()) == [0, 1]
     for rank, run in runs.items():
         assert run["global_rank"] == rank and run["world_size"] == W
@@ -82,7 +90,7 @@ def test_world_seen_by_every_rank(ddp_run: tuple) -> None:
 
 
 def test_each_rank_trains_on_its_predicted_shard(ddp_run: tuple) -> None:
-    beton, runs, pixels = ddp_run
+    beton, runs, pixels, _ = ddp_run
     images, labels = read_beton(beton)
     pages = min_pages(beton)
     for rank, run in runs.items():
@@ -103,7 +111,7 @@ def test_each_rank_trains_on_its_predicted_shard(ddp_run: tuple) -> None:
 
 
 def test_ranks_partition_each_epoch(ddp_run: tuple) -> None:
-    _, runs, _ = ddp_run
+    _, runs, _, _ = ddp_run
     for epoch in ("0", "1"):
         shards = [runs[r]["epochs"][epoch]["sampler"] for r in range(W)]
         assert [len(s) for s in shards] == [PER_RANK] * W
@@ -112,3 +120,20 @@ def test_ranks_partition_each_epoch(ddp_run: tuple) -> None:
         assert sorted(union) == list(range(N))  # disjoint and complete
     for rank in range(W):
         assert runs[rank]["epochs"]["0"]["sampler"] != runs[rank]["epochs"]["1"]["sampler"]
+
+
+def test_each_rank_validates_its_contiguous_shard(ddp_run: tuple) -> None:
+    """Sanity check (2 batches), then full validation after each epoch; exact, unflipped pixels."""
+    _, runs, pixels, val_beton = ddp_run
+    images, labels = read_beton(val_beton)
+    assert len(labels) == VAL_N
+    per_rank = VAL_N // W
+    for rank, run in runs.items():
+        shard = list(range(rank * per_rank, (rank + 1) * per_rank))
+        assert [r["sanity"] for r in run["val_runs"]] == [True, False, False]
+        for i, val_run in enumerate(run["val_runs"]):
+            sizes = VAL_SIZES[:2] if val_run["sanity"] else VAL_SIZES
+            assert [len(b) for b in val_run["labels"]] == sizes
+            seen = shard[: sum(sizes)]
+            assert sum(val_run["labels"], []) == labels[seen].tolist()
+            assert np.array_equal(pixels[rank][f"val{i}"], images[seen].transpose(0, 3, 1, 2))

@@ -1,0 +1,150 @@
+"""One epoch of a :class:`~jit_ffcv.loader.JiTLoader`: a decoding thread that cannot hang its consumer.
+
+FFCV's ``EpochIterator`` decodes in a thread and hands batches over a queue, but
+an exception in that thread (a bad seed, a bug in a custom op) kills it silently
+and the consumer waits forever; closing it while it runs ahead with FFCV's
+process cache (``os_cache=False``) can strand it waiting for pages that will
+never be read. :class:`EpochThread` keeps FFCV's decoding step (``run_pipeline``)
+and replaces the rest: errors travel through the queue to ``next()``, a closed
+epoch stops before its next batch, and the thread, not the consumer, releases
+the epoch's page cache once it has stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from queue import Empty, Full, Queue
+from threading import Event, Thread
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+
+from jit_ffcv._ffcv import Compiler  # first: imports FFCV without its side effect on torch's threads
+from ffcv.loader.epoch_iterator import EpochIterator  # noqa: E402, I001
+from ffcv.utils import chunks  # noqa: E402
+
+if TYPE_CHECKING:
+    from jit_ffcv.loader import JiTLoader
+
+#: batches a consumer may hold at once: the one in use and the one Lightning prefetches
+HELD_BATCHES = 2
+
+
+class LoaderThreadError(RuntimeError):
+    """The decoding thread of an epoch raised; the original exception is chained as ``__cause__``."""
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: BaseException
+    batch: int
+
+
+_END = object()
+
+
+class EpochThread(EpochIterator):
+    """Decodes one epoch's batches into ``slots`` reused buffers, ``batches_ahead`` ahead of the consumer.
+
+    ``slots = batches_ahead + 1 + HELD_BATCHES``: a batch stays valid until the consumer has
+    taken the second batch after it (Lightning keeps the next batch prefetched while a step runs).
+    """
+
+    #: seconds between checks of the stop flag while waiting on the queue (bounds close() latency)
+    POLL_S = 0.05
+
+    def __init__(self, loader: JiTLoader, order: Sequence[int], epoch: int) -> None:
+        # EpochIterator.__init__ is not called: it would start FFCV's own run loop.
+        Thread.__init__(self, daemon=True, name=f"jit-ffcv epoch {epoch}")
+        self.loader = loader
+        self.epoch = epoch
+        self.metadata = loader.reader.metadata
+        self.batches = list(chunks(order, loader.batch_size))
+        self.slots = loader.batches_ahead + 1 + HELD_BATCHES
+        self.output_queue: Queue[Any] = Queue(loader.batches_ahead)
+        self.terminate_event = Event()
+        self.closed = False
+        self._done = False
+        self.memory_context = loader.memory_manager.schedule_epoch(self.batches)
+        self.memory_context.__enter__()
+        try:
+            self.storage_state = self.memory_context.state
+            cuda = torch.cuda.is_available()
+            self.current_stream = torch.cuda.current_stream() if cuda else None
+            self.cuda_streams = [torch.cuda.Stream() if cuda else None for _ in range(self.slots)]
+            self.memory_allocations = loader.graph.allocate_memory(loader.batch_size, self.slots)
+        except BaseException:
+            self.memory_context.__exit__(None, None, None)
+            raise
+        self.start()
+
+    # ----------------------------------------------------------- producer side
+    def run(self) -> None:
+        """Decode every batch (unless closed), then hand over the end marker or the failure."""
+        outcome: Any = _END
+        b_ix = 0
+        try:
+            events: list[Any] = [None] * self.slots
+            Compiler.set_num_threads(self.loader.num_workers)
+            for b_ix, indices in enumerate(self.batches):
+                if self.terminate_event.is_set():
+                    return
+                slot = b_ix % self.slots
+                result = self.run_pipeline(b_ix, indices, slot, events[slot])
+                if not self._hand_over((slot, result)):
+                    return
+                if self.current_stream is not None:
+                    # The consumer has taken batch b_ix - batches_ahead, so it is done with the batch
+                    # HELD_BATCHES before it: the one in slot b_ix + 1, which is written next.
+                    event = torch.cuda.Event()
+                    event.record(self.current_stream)
+                    events[(b_ix + 1) % self.slots] = event
+        except BaseException as error:  # noqa: BLE001 - every failure must reach the consumer
+            outcome = _Failure(error, b_ix)
+        finally:
+            self.memory_context.__exit__(None, None, None)
+        self._hand_over(outcome)
+
+    def _hand_over(self, item: Any) -> bool:
+        """Put ``item`` in the queue unless the epoch is closed first; True if it was put."""
+        while not self.terminate_event.is_set():
+            try:
+                self.output_queue.put(item, timeout=self.POLL_S)
+                return True
+            except Full:
+                pass
+        return False
+
+    # ----------------------------------------------------------- consumer side
+    def __next__(self) -> Any:
+        if self._done:
+            raise StopIteration
+        item = self._take()
+        if item is _END:
+            self._done = True
+            raise StopIteration
+        if isinstance(item, _Failure):
+            self._done = True
+            raise LoaderThreadError(
+                f"the decoding thread of epoch {self.epoch} failed at batch {item.batch} "
+                f"({type(item.error).__name__}: {item.error}); see the chained traceback above"
+            ) from item.error
+        slot, result = item
+        if self.current_stream is not None:
+            self.current_stream.wait_stream(self.cuda_streams[slot])
+        return result
+
+    def _take(self) -> Any:
+        """Next queue item; an error instead of a hang if the thread stopped without one."""
+        while True:
+            try:
+                return self.output_queue.get(timeout=self.POLL_S)
+            except Empty:
+                if not self.is_alive() and self.output_queue.empty():
+                    self._done = True
+                    raise RuntimeError(f"epoch {self.epoch} was closed; start a new one with iter(loader)") from None
+
+    def close(self) -> None:
+        """Ask the thread to stop after its current batch (it then releases the page cache itself)."""
+        self.terminate_event.set()
+        self.closed = True
