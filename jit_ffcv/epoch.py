@@ -8,6 +8,13 @@ never be read. :class:`EpochThread` keeps FFCV's decoding step (``run_pipeline``
 and replaces the rest: errors travel through the queue to ``next()``, a closed
 epoch stops before its next batch, and the thread, not the consumer, releases
 the epoch's page cache once it has stopped.
+
+Reused buffers and asynchronous GPU copies: a consumer may copy a batch to the GPU
+with ``non_blocking=True`` (Lightning does) and the copy may run long after
+``next()`` returned, if the GPU is behind. So a slot is rewritten only after the
+GPU has passed the point where the consumer asked for the second batch after it:
+``next()`` records a CUDA event on the consumer's stream, and the thread waits for
+that event (on the CPU) before decoding into the slot again.
 """
 
 from __future__ import annotations
@@ -43,6 +50,24 @@ class _Failure:
 _END = object()
 
 
+def _cuda_active() -> bool:
+    """True once the process uses CUDA: only then can a consumer have GPU work reading our buffers."""
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+
+def release_event() -> Any:
+    """A CUDA event recorded now on the consumer's current stream (or ``None`` without CUDA in use).
+
+    Everything the consumer queued on that stream before this call (its copies of earlier
+    batches included) is complete once the event is. Module-level so tests can substitute it.
+    """
+    if not _cuda_active():
+        return None
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream())
+    return event
+
+
 class EpochThread(EpochIterator):
     """Decodes one epoch's batches into ``slots`` reused buffers, ``batches_ahead`` ahead of the consumer.
 
@@ -65,12 +90,13 @@ class EpochThread(EpochIterator):
         self.terminate_event = Event()
         self.closed = False
         self._done = False
+        self._taken = 0  # batches handed to the consumer so far
+        self._released: list[Any] = [None] * self.slots  # per slot: event after which it may be rewritten
         self.memory_context = loader.memory_manager.schedule_epoch(self.batches)
         self.memory_context.__enter__()
         try:
             self.storage_state = self.memory_context.state
             cuda = torch.cuda.is_available()
-            self.current_stream = torch.cuda.current_stream() if cuda else None
             self.cuda_streams = [torch.cuda.Stream() if cuda else None for _ in range(self.slots)]
             self.memory_allocations = loader.graph.allocate_memory(loader.batch_size, self.slots)
         except BaseException:
@@ -84,26 +110,31 @@ class EpochThread(EpochIterator):
         outcome: Any = _END
         b_ix = 0
         try:
-            events: list[Any] = [None] * self.slots
             Compiler.set_num_threads(self.loader.num_workers)
             for b_ix, indices in enumerate(self.batches):
                 if self.terminate_event.is_set():
                     return
                 slot = b_ix % self.slots
-                result = self.run_pipeline(b_ix, indices, slot, events[slot])
+                self._wait_released(slot)
+                result = self.run_pipeline(b_ix, indices, slot, None)
                 if not self._hand_over((slot, result)):
                     return
-                if self.current_stream is not None:
-                    # The consumer has taken batch b_ix - batches_ahead, so it is done with the batch
-                    # HELD_BATCHES before it: the one in slot b_ix + 1, which is written next.
-                    event = torch.cuda.Event()
-                    event.record(self.current_stream)
-                    events[(b_ix + 1) % self.slots] = event
         except BaseException as error:  # noqa: BLE001 - every failure must reach the consumer
             outcome = _Failure(error, b_ix)
         finally:
             self.memory_context.__exit__(None, None, None)
         self._hand_over(outcome)
+
+    def _wait_released(self, slot: int) -> None:
+        """Block until the GPU work that may still read ``slot``'s previous batch has completed.
+
+        The consumer recorded the event when it asked for the second batch after that one;
+        it has asked by now: the queue holds at most ``batches_ahead`` batches and
+        ``slots = batches_ahead + 1 + HELD_BATCHES``.
+        """
+        event, self._released[slot] = self._released[slot], None
+        if event is not None:
+            event.synchronize()
 
     def _hand_over(self, item: Any) -> bool:
         """Put ``item`` in the queue unless the epoch is closed first; True if it was put."""
@@ -119,6 +150,8 @@ class EpochThread(EpochIterator):
     def __next__(self) -> Any:
         if self._done:
             raise StopIteration
+        if self._taken >= HELD_BATCHES:  # the consumer is done with batch _taken - HELD_BATCHES
+            self._released[(self._taken - HELD_BATCHES) % self.slots] = release_event()
         item = self._take()
         if item is _END:
             self._done = True
@@ -130,8 +163,9 @@ class EpochThread(EpochIterator):
                 f"({type(item.error).__name__}: {item.error}); see the chained traceback above"
             ) from item.error
         slot, result = item
-        if self.current_stream is not None:
-            self.current_stream.wait_stream(self.cuda_streams[slot])
+        self._taken += 1
+        if self.cuda_streams[slot] is not None and _cuda_active():
+            torch.cuda.current_stream().wait_stream(self.cuda_streams[slot])  # its device copies, if any
         return result
 
     def _take(self) -> Any:

@@ -115,7 +115,9 @@ class JiTLoader(Loader):
         if self._running is not None:
             self._finish(self._running)
         if self._buffers is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.current_stream().synchronize()  # the last epoch's batches may still be in use
+            # Every stream, not only the consumer's: the last epoch's copy streams may still read
+            # or write the buffers (batches decoded ahead and never taken, an abandoned epoch).
+            torch.cuda.synchronize()
         self.epoch_cell.set(self.next_epoch)
         epoch = self._running = self._start_epoch()
         try:

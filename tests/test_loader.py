@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+import jit_ffcv.epoch
 from jit_ffcv._ffcv import AllocationQuery, DatasetWriter, IntField, RGBImageField, SimpleRGBImageDecoder
 from jit_ffcv.loader import _allocate
 from tests.conftest import read_beton
@@ -104,6 +106,43 @@ def test_held_batch_survives_the_next_fetch(paged_beton: Path) -> None:
         time.sleep(0.02)  # the thread runs ahead meanwhile
         assert y.reshape(-1).tolist() == list(range(4 * (b - 1), 4 * b))
         assert np.array_equal(x.numpy(), images[4 * (b - 1): 4 * b].transpose(0, 3, 1, 2))
+
+
+# --------------------------------------------------------------------------- #
+# asynchronous GPU copies: a slot is not rewritten before the copy that reads it has run
+# --------------------------------------------------------------------------- #
+class PendingCopy:
+    """Stands in for the CUDA event ``next()`` records: the GPU has not yet run the work queued before it."""
+
+    def __init__(self, done: bool = False) -> None:
+        self.done, self.waited = threading.Event(), threading.Event()
+        if done:
+            self.done.set()
+
+    def synchronize(self) -> None:
+        self.waited.set()
+        if not self.done.wait(30):
+            raise TimeoutError("PendingCopy was never completed")
+
+
+def test_slot_is_not_rewritten_while_a_gpu_copy_may_read_it(paged_beton: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A consumer copies batch 0 with non_blocking=True and the GPU runs behind: slot 0 must wait for it."""
+    images, _ = read_beton(paged_beton)
+    events: list[PendingCopy] = []
+    monkeypatch.setattr(jit_ffcv.epoch, "release_event", lambda: events.append(PendingCopy(done=bool(events))) or events[-1])
+    loader = make_loader(str(paged_beton), [SimpleRGBImageDecoder()], batches_ahead=1)  # 4 slots of 4 images
+    it = iter(loader)
+    first, _ = next(it)  # batch 0, slot 0: its GPU copy is still queued (events[0] pending)
+    for _ in range(3):
+        next(it)  # batches 1-3; asking for batch 2 recorded events[0], the release of batch 0
+    assert events[0].waited.wait(10), "the thread never asked whether slot 0 was free"
+    time.sleep(0.3)  # the thread now wants slot 0 for batch 4
+    assert np.array_equal(first.numpy(), images[0:4].transpose(0, 3, 1, 2))  # still batch 0
+    events[0].done.set()  # the GPU catches up
+    fourth, labels = next(it)
+    assert labels.reshape(-1).tolist() == [16, 17, 18, 19]
+    assert fourth.data_ptr() == first.data_ptr()  # same slot, rewritten only now
+    assert np.array_equal(first.numpy(), images[16:20].transpose(0, 3, 1, 2))
 
 
 # --------------------------------------------------------------------------- #
