@@ -243,8 +243,8 @@ def write_beton(
     img_size, quality, num_workers, limit = _validate(img_size, mode, quality, num_workers, limit)
     out = Path(out)
     check_output(out, force=force)
-    remove_stale_partials(out)
     with sigterm_raises(), WriteLock(out) as lock:
+        remove_stale_partials(out)  # under the lock: also those of a holder that died while we waited
         if not force and out.exists():  # published by the writer we waited for
             return _written_meanwhile(out, lock.waited, img_size=img_size, mode=mode, quality=quality,
                                       classes=scan.classes)

@@ -106,7 +106,7 @@ class WriteLock:
         except FileExistsError:
             return False
         except OSError as exc:
-            raise LockError(f"cannot create the lock file {self.path}: {exc.strerror}; is {self.path.parent} writable?") from exc
+            raise LockError(f"cannot create the lock file {self.path}: {exc.strerror}; choose another output") from exc
         try:
             os.write(fd, json.dumps(record).encode())
         finally:
