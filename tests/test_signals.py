@@ -83,8 +83,8 @@ def test_sigkill_leaves_no_process_no_shm_and_next_run_removes_the_partial(data:
     _assert_no_leak(pids, segments)
     dead = out.parent / f".train.beton.{socket.gethostname()}-{proc.pid}.partial"
     assert dead.exists() and not out.exists() and not sidecar_path(out).exists()
-    # a partial of a live writer on this host (this test process) must survive the next run
-    live = out.parent / f".train.beton.{socket.gethostname()}-{os.getpid()}.partial"
+    # a partial of a live writer on this host (pytest's parent process) must survive the next run
+    live = out.parent / f".train.beton.{socket.gethostname()}-{os.getppid()}.partial"
     live.write_bytes(b"x")
     meta = write_split(data, "train", out, img_size=32, mode="raw", num_workers=0, progress=False)
     assert meta.num_samples == 160 and read_metadata(out).num_samples == 160
