@@ -283,3 +283,15 @@ def test_broken_sidecar_is_an_error_naming_the_file(raw_beton: Path, tmp_path: P
     sidecar_path(beton).write_text(damage(json.loads(sidecar_path(raw_beton).read_text())))
     with pytest.raises(ValueError, match=f"{sidecar_path(beton)} .*{match}"):
         read_metadata(beton)
+
+
+def test_bench_writer_rates_rewrite_their_beton(tmp_path: Path) -> None:
+    """The benchmark re-measures the writer into the same file on every run (needs force=True)."""
+    from jit_ffcv.bench import writer_rates
+    from writers.folder import scan_split
+
+    s = make_image_folder(tmp_path / "d", num_classes=2, per_class=2, broken=False, val=False)
+    scan = scan_split(s.root / "train")
+    for _ in range(2):
+        assert set(writer_rates(scan, 32, tmp_path, [0], min_images=4)) == {0}
+    assert read_metadata(tmp_path / "writer_32_0.beton").num_samples == 4
