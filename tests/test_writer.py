@@ -295,3 +295,25 @@ def test_bench_writer_rates_rewrite_their_beton(tmp_path: Path) -> None:
     for _ in range(2):
         assert set(writer_rates(scan, 32, tmp_path, [0], min_images=4)) == {0}
     assert read_metadata(tmp_path / "writer_32_0.beton").num_samples == 4
+
+
+def test_beton_published_during_the_scan_is_used(synthetic: SyntheticFolder, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """prepare_data on a second node: the first publishes while this one scans; use it, neither fail nor rewrite."""
+    import writers.beton
+
+    out = tmp_path / "x.beton"
+    first = tmp_path / "first" / "x.beton"
+    write_split(synthetic.root, "train", first, img_size=32, mode="raw", num_workers=0, limit=3, progress=False)
+    real_scan = writers.beton.scan_split
+
+    def scan_while_another_node_publishes(*args: object, **kwargs: object) -> object:
+        sidecar_path(out).write_bytes(sidecar_path(first).read_bytes())
+        out.write_bytes(first.read_bytes())
+        return real_scan(*args, **kwargs)
+
+    monkeypatch.setattr(writers.beton, "scan_split", scan_while_another_node_publishes)
+    meta = write_split(synthetic.root, "train", out, img_size=32, mode="raw", num_workers=0, progress=False)
+    assert meta.num_samples == 3 and out.read_bytes() == first.read_bytes()
+    assert f"{out} was written by another process; using it" in caplog.text

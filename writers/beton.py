@@ -240,9 +240,19 @@ def write_beton(
     another one (rank 0 of a second node on a shared file system) waits, then returns
     the metadata of the beton the first one published. SIGTERM cleans up like Ctrl-C.
     """
+    _validate(img_size, mode, quality, num_workers, limit)
+    check_output(Path(out), force=force)
+    return _write_locked(scan, Path(out), split=split, img_size=img_size, mode=mode, quality=quality,
+                         num_workers=num_workers, strict=strict, limit=limit, progress=progress, force=force)
+
+
+def _write_locked(
+    scan: FolderScan, out: Path, *, split: str = "train", img_size: int = 256, mode: str = "jpg",
+    quality: int = DEFAULT_QUALITY, num_workers: int = 1, strict: bool = False, limit: int | None = None,
+    progress: bool = True, force: bool = False,
+) -> BetonMetadata:
+    """Write under the lock, once the output was checked; a beton found then was published meanwhile."""
     img_size, quality, num_workers, limit = _validate(img_size, mode, quality, num_workers, limit)
-    out = Path(out)
-    check_output(out, force=force)
     with sigterm_raises(), WriteLock(out) as lock:
         remove_stale_partials(out)  # under the lock: also those of a holder that died while we waited
         if not force and out.exists():  # published by the writer we waited for
@@ -358,11 +368,19 @@ def replicate_beton(src: str | os.PathLike, out: str | os.PathLike, times: int) 
 def write_split(
     data_path: str | os.PathLike, split: str, out: str | os.PathLike, **kwargs: object
 ) -> BetonMetadata:
-    """Scan ``DATA/split`` (val uses train's class list) and write it to ``out``."""
+    """Scan ``DATA/split`` (val uses train's class list) and write it to ``out``.
+
+    Options and output are checked before the scan, which takes minutes on a large
+    dataset on a network file system (and another node may publish the beton meanwhile:
+    :func:`write_beton` then uses it).
+    """
+    _validate(kwargs.get("img_size", 256), kwargs.get("mode", "jpg"), kwargs.get("quality", DEFAULT_QUALITY),  # type: ignore[arg-type]
+              kwargs.get("num_workers", 1), kwargs.get("limit"))
+    check_output(Path(out), force=bool(kwargs.get("force", False)))
     data_path = Path(data_path)
     classes = find_classes(data_path / "train") if split != "train" else None
     scan = scan_split(data_path / split, classes=classes)
-    return write_beton(scan, out, split=split, **kwargs)  # type: ignore[arg-type]
+    return _write_locked(scan, Path(out), split=split, **kwargs)  # type: ignore[arg-type]
 
 
 def summary(meta: BetonMetadata, out: str | os.PathLike) -> str:
