@@ -6,14 +6,37 @@ first imported, then to ``num_workers`` at every ``Loader`` construction and
 epoch. That silently changes how fast the user's own CPU-side torch code runs.
 Importing FFCV through this module keeps numba's behaviour and leaves torch's
 thread count as the user set it.
+
+It also picks numba's threading layer before FFCV's import starts it: with one usable
+CPU, numba's TBB layer (chosen when libtbb is installed) hangs the process at exit once
+it has forked (the writer's workers), because TBB starts no worker thread there and
+numba's shutdown waits for a task only a worker would run (cf. numba#10556, oneTBB#2056).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
+import numba
 import torch
+from numba.np.ufunc import parallel as _numba_parallel
 
+from writers.cpus import usable_cpus
+
+
+def _pick_threading_layer() -> None:
+    """Use numba's ``workqueue`` layer when this process may use one CPU, unless the user chose one.
+
+    With one CPU FFCV compiles no parallel code (``Compiler.num_threads`` is 1), so the
+    layer only has to start and stop cleanly, which ``workqueue`` does even after a fork.
+    """
+    chosen = {"NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY"} & set(os.environ)
+    if usable_cpus() == 1 and not chosen and not _numba_parallel._is_initialized:
+        numba.config.THREADING_LAYER = "workqueue"
+
+
+_pick_threading_layer()
 _first_import = "ffcv" not in sys.modules
 _torch_threads = torch.get_num_threads()
 

@@ -145,7 +145,7 @@ def writer_rates(scan: FolderScan, img_size: int, work: Path, workers: Sequence[
     rates = {}
     for n in workers:
         meta = write_beton(scan, work / f"writer_{img_size}_{n}.beton", img_size=img_size, mode="jpg", quality=90,
-                           num_workers=n, progress=False)
+                           num_workers=n, progress=False, force=True)  # re-measured on every run
         rates[n] = meta.images_per_second
     return rates
 

@@ -1,13 +1,36 @@
-"""The ``jit-ffcv`` command line: ``write``, ``info``, ``demo`` and ``bench``."""
+"""The ``jit-ffcv`` command line: ``write``, ``info``, ``demo`` and ``bench``.
+
+A user's mistake (missing folder, bad option, existing output, unreadable image with
+``--strict``, ...) is one line on stderr, ``jit-ffcv: error: ...``, and a non-zero exit;
+``--debug`` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 if TYPE_CHECKING:
     from writers.metadata import BetonMetadata
+
+PROG = "jit-ffcv"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``jit-ffcv: error: ... (see jit-ffcv write --help)``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that report a user's mistake or environment, not a bug in jit-ffcv."""
+    from writers.beton import BadImageError
+    from writers.lock import LockError
+
+    return (ValueError, OSError, BadImageError, LockError)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -15,7 +38,7 @@ def _info(args: argparse.Namespace) -> int:
     from jit_ffcv._ffcv import Reader
     from writers.metadata import read_metadata, verify_file
 
-    meta = read_metadata(args.beton)
+    meta = read_metadata(args.beton)  # a missing beton or a broken sidecar is an error naming the file
     verify_file(args.beton, meta, checksum=args.verify)
     reader_samples = int(Reader(str(args.beton)).num_samples)
     print(f"beton:        {args.beton}")
@@ -31,7 +54,8 @@ def _info(args: argparse.Namespace) -> int:
         print(f"  {s['path']}: {s['error']}")
     print(f"sha256:       {meta.sha256}{'  (verified)' if args.verify else ''}")
     if reader_samples != meta.num_samples:
-        print("error: sample count differs from metadata", file=sys.stderr)
+        print(f"{PROG}: error: {args.beton} holds {reader_samples} samples but its metadata says {meta.num_samples}; "
+              f"rewrite it", file=sys.stderr)
         return 1
     return 0
 
@@ -47,24 +71,29 @@ def _layout(meta: BetonMetadata, has_index: bool) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """All sub-commands and their options."""
+    import jit_ffcv
     from writers import beton
 
-    parser = argparse.ArgumentParser(prog="jit-ffcv", description="FFCV data loading for JiT.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error")
+    parser = _Parser(prog=PROG, description="FFCV data loading for JiT.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {jit_ffcv.__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    beton.add_arguments(sub.add_parser("write", help="convert an ImageFolder split to a .beton"))
-    info = sub.add_parser("info", help="show a beton's metadata")
+    beton.add_arguments(sub.add_parser("write", parents=[common], help="convert an ImageFolder split to a .beton"))
+    info = sub.add_parser("info", parents=[common], help="show a beton's metadata")
     info.add_argument("beton")
     info.add_argument("--verify", action="store_true", help="also check the file's SHA-256")
     from jit_ffcv import bench, demo
 
-    demo.add_arguments(sub.add_parser("demo", help="write a small beton, load it, show a batch"))
-    bench.add_arguments(sub.add_parser("bench", help="throughput: reference vs FFCV vs jit-ffcv"))
+    demo.add_arguments(sub.add_parser("demo", parents=[common], help="write a small beton, load it, show a batch"))
+    bench.add_arguments(sub.add_parser("bench", parents=[common], help="throughput: reference vs FFCV vs jit-ffcv"))
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``jit-ffcv`` console script."""
-    args = build_parser().parse_args(argv)
+def _run(args: argparse.Namespace) -> int:
+    """Dispatch to the sub-command."""
     if args.command == "write":
         from writers import beton
 
@@ -80,6 +109,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return bench.main(args)
     raise AssertionError(args.command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``jit-ffcv`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s")
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as exc:
+        if args.debug:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in message:
+            message = f"{message}: {exc.filename}"
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ feeds its model).
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +31,7 @@ from jit_ffcv.mixing import warn_if_folder_order
 from jit_ffcv.ops import EpochCell, FlipDecoder, ToUnitRange, check_prob
 from jit_ffcv.order import KINDS, QuasiRandomOrder, RandomOrder, SequentialOrder, samples_per_rank
 from writers.beton import DEFAULT_QUALITY, write_split
+from writers.cpus import usable_cpus
 from writers.encode import MODES
 from writers.metadata import BetonMetadata, BetonMismatchError, read_metadata, sidecar_path, verify_file
 
@@ -106,7 +106,7 @@ class JiTDataModule(pl.LightningDataModule):
         channels_last: images in channels-last memory (NHWC, what FFCV gives for free) instead of
             contiguous NCHW (``PILToTensor``'s layout, the default); the shape is (B, 3, H, W) either way.
         device: target device of the batches; default: the Trainer's, else CUDA if present, else CPU.
-        write_workers: processes used by ``prepare_data`` to write missing betons (default: all cores).
+        write_workers: processes used by ``prepare_data`` to write missing betons (default: the CPUs this process may use).
         buffer_pages: pages in the quasi-random rolling buffer (default 2 * batch_size, as FFCV).
     """
 
@@ -219,7 +219,7 @@ class JiTDataModule(pl.LightningDataModule):
                 )
             write_split(
                 self.data_path, split, path, img_size=self.img_size, mode=self.mode, quality=self.quality,
-                num_workers=self.write_workers if self.write_workers is not None else os.cpu_count() or 1,
+                num_workers=self.write_workers if self.write_workers is not None else usable_cpus(),
                 progress=True,
             )
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from jit_ffcv.synthetic import SHARED_SAMPLE, make_image_folder
+from writers.cpus import usable_cpus
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -52,8 +53,9 @@ def main(args: argparse.Namespace) -> int:
         if not (data / "train").is_dir():
             make_image_folder(data, num_classes=8, per_class=12)
     print(f"dataset: {data}")
-    dm = JiTDataModule(str(data), img_size=args.img_size, batch_size=args.batch_size, num_workers=2,
-                       beton_dir=str(out / "ffcv"), write_workers=2)
+    workers = min(2, usable_cpus())
+    dm = JiTDataModule(str(data), img_size=args.img_size, batch_size=args.batch_size, num_workers=workers,
+                       beton_dir=str(out / "ffcv"), write_workers=workers)
     dm.prepare_data()
     dm.setup("fit")
     info = dm.get_dataset_info()

@@ -248,3 +248,139 @@ def test_cli_no_shuffle_and_info_layout(synthetic: SyntheticFolder, tmp_path: Pa
         in capsys.readouterr().out
     assert main(["info", str(tmp_path / "f.beton")]) == 0
     assert "order:        ImageFolder (class-sorted)" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- failure behaviour (issue 8)
+@pytest.mark.timeout(120)
+def test_fifo_named_like_an_image_is_skipped(tmp_path: Path) -> None:
+    s = make_image_folder(tmp_path / "d", num_classes=2, per_class=2, broken=False, val=False)
+    fifo = s.root / "train" / s.classes[1] / "zz_pipe.JPEG"
+    os.mkfifo(fifo)
+    meta = write_split(s.root, "train", tmp_path / "x.beton", img_size=32, mode="raw", num_workers=0, progress=False)
+    assert meta.num_samples == 4 and meta.class_counts == [2, 2]
+    assert meta.skipped == [{"path": str(fifo), "error": "NotARegularFileError: not a regular file (FIFO)"}]
+
+
+def test_out_naming_a_directory_fails_before_any_work(synthetic: SyntheticFolder, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import writers.beton
+
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("images were processed before the output path was checked")
+
+    monkeypatch.setattr(writers.beton, "_encoded_in_order", no_work)
+    (tmp_path / "out.beton").mkdir()
+    with pytest.raises(ValueError, match=f"output {tmp_path / 'out.beton'} is a directory"):
+        write_split(synthetic.root, "train", tmp_path / "out.beton", img_size=32, mode="raw", num_workers=0,
+                    progress=False)
+    assert os.listdir(tmp_path) == ["out.beton"] and os.listdir(tmp_path / "out.beton") == []
+
+
+def test_disk_full_while_the_sidecar_is_written_leaves_nothing(synthetic: SyntheticFolder, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    def full_disk(self: Path, text: str, *args: object, **kwargs: object) -> int:
+        self.touch()  # the file is created, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        write_split(synthetic.root, "train", tmp_path / "x.beton", img_size=32, mode="raw", num_workers=0,
+                    progress=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_finished_beton_is_not_overwritten_without_force(synthetic: SyntheticFolder, tmp_path: Path) -> None:
+    out = tmp_path / "x.beton"
+    args = {"img_size": 32, "mode": "raw", "num_workers": 0, "progress": False}
+    write_split(synthetic.root, "train", out, limit=3, **args)
+    before = out.read_bytes(), sidecar_path(out).read_text()
+    with pytest.raises(ValueError, match="already exists; pass --force"):
+        write_split(synthetic.root, "train", out, limit=5, **args)
+    assert (out.read_bytes(), sidecar_path(out).read_text()) == before
+    assert write_split(synthetic.root, "train", out, limit=5, force=True, **args).num_samples == 5
+    assert read_metadata(out).num_samples == 5
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"quality": True}, "quality must be an integer, got the boolean True"),
+     ({"num_workers": True}, "num_workers must be an integer, got the boolean True"),
+     ({"limit": np.bool_(True)}, "limit must be an integer, got the boolean np.True_"),
+     ({"quality": None}, "quality must be an integer, got None"),
+     ({"quality": "90"}, "quality must be an integer, got '90'"),
+     ({"img_size": 100000, "mode": "jpg"}, r"img_size must be in \[32, 4096\], got 100000"),
+     ({"img_size": 2048}, r"img_size must be in \[32, 1672\], got 2048 \(a raw crop must fit one 8 MiB FFCV page")],
+)
+def test_options_are_checked_up_front(synthetic: SyntheticFolder, tmp_path: Path, kwargs: dict, match: str) -> None:
+    args = {"img_size": 32, "mode": "raw", "num_workers": 0, "progress": False} | kwargs
+    with pytest.raises(ValueError, match=match):
+        write_split(synthetic.root, "train", tmp_path / "x.beton", **args)
+    assert os.listdir(tmp_path) == []
+
+
+def test_numpy_integers_are_accepted(synthetic: SyntheticFolder, tmp_path: Path) -> None:
+    out = tmp_path / "x.beton"
+    meta = write_split(synthetic.root, "train", out, img_size=np.int64(32), mode="jpg", quality=np.int32(80),
+                       num_workers=np.int64(0), limit=np.int64(4), progress=False)
+    saved = json.loads(sidecar_path(out).read_text())
+    assert (saved["img_size"], saved["quality"], saved["num_workers"], saved["num_samples"]) == (32, 80, 0, 4)
+    assert type(meta.img_size) is int
+
+
+def test_relative_data_path_stores_absolute_paths(synthetic: SyntheticFolder, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(synthetic.root.parent)
+    meta = write_split(synthetic.root.name, "train", tmp_path / "x.beton", img_size=32, mode="raw", num_workers=0,
+                       progress=False)
+    assert sorted(s["path"] for s in meta.skipped) == synthetic.broken
+    assert meta.ignored == synthetic.non_images
+    assert all(os.path.isabs(p) for p in [meta.source, *meta.ignored, *(s["path"] for s in meta.skipped)])
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda d: "{not json", "is not valid JSON"),
+    (lambda d: json.dumps({k: v for k, v in d.items() if k != "classes"}), r"missing keys \['classes'\]"),
+    (lambda d: json.dumps(d | {"colour": 1}), r"unknown keys \['colour'\]"),
+])
+def test_broken_sidecar_is_an_error_naming_the_file(raw_beton: Path, tmp_path: Path, damage, match: str) -> None:
+    beton = tmp_path / raw_beton.name
+    beton.write_bytes(raw_beton.read_bytes())
+    sidecar_path(beton).write_text(damage(json.loads(sidecar_path(raw_beton).read_text())))
+    with pytest.raises(ValueError, match=f"{sidecar_path(beton)} .*{match}"):
+        read_metadata(beton)
+
+
+def test_bench_writer_rates_rewrite_their_beton(tmp_path: Path) -> None:
+    """The benchmark re-measures the writer into the same file on every run (needs force=True)."""
+    from jit_ffcv.bench import writer_rates
+    from writers.folder import scan_split
+
+    s = make_image_folder(tmp_path / "d", num_classes=2, per_class=2, broken=False, val=False)
+    scan = scan_split(s.root / "train")
+    for _ in range(2):
+        assert set(writer_rates(scan, 32, tmp_path, [0], min_images=4)) == {0}
+    assert read_metadata(tmp_path / "writer_32_0.beton").num_samples == 4
+
+
+def test_beton_published_during_the_scan_is_used(synthetic: SyntheticFolder, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """prepare_data on a second node: the first publishes while this one scans; use it, neither fail nor rewrite."""
+    import writers.beton
+
+    out = tmp_path / "x.beton"
+    first = tmp_path / "first" / "x.beton"
+    write_split(synthetic.root, "train", first, img_size=32, mode="raw", num_workers=0, limit=3, progress=False)
+    real_scan = writers.beton.scan_split
+
+    def scan_while_another_node_publishes(*args: object, **kwargs: object) -> object:
+        sidecar_path(out).write_bytes(sidecar_path(first).read_bytes())
+        out.write_bytes(first.read_bytes())
+        return real_scan(*args, **kwargs)
+
+    monkeypatch.setattr(writers.beton, "scan_split", scan_while_another_node_publishes)
+    meta = write_split(synthetic.root, "train", out, img_size=32, mode="raw", num_workers=0, progress=False)
+    assert meta.num_samples == 3 and out.read_bytes() == first.read_bytes()
+    assert f"{out} was written by another process; using it" in caplog.text

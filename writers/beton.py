@@ -12,9 +12,11 @@ name only once complete, and a JSON sidecar records how it was made.
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 import multiprocessing
+import operator
 import os
-import socket
 import sys
 import time
 from collections import deque
@@ -28,30 +30,60 @@ from tqdm import tqdm
 
 import jit_ffcv
 from jit_ffcv.mixing import sample_permutation
+from writers.cpus import usable_cpus
 from writers.encode import MODES, Encoded, encode_chunk
 from writers.folder import FolderScan, find_classes, scan_split
-from writers.metadata import BetonMetadata, file_sha256, sidecar_path
+from writers.lifecycle import sigterm_raises, worker_init
+from writers.lock import WriteLock
+from writers.metadata import BetonMetadata, file_sha256, read_metadata, sidecar_path
+from writers.output import check_output, partial_files, partial_path, remove_stale_partials
+
+log = logging.getLogger("jit_ffcv.writer")
 
 #: Default JPEG quality: see the PSNR/size table in the README (``jit-ffcv bench --quality-table``).
 DEFAULT_QUALITY = 90
 CHUNK = 16
+#: FFCV's page size for our betons (DatasetWriter's default); one sample must fit in a page.
+PAGE_SIZE = 8 << 20
+#: Largest crop: JiT trains at 256 and 512. A worker holds the upscaled source and a few copies of
+#: the crop (48 MiB each at 4096 px, RGB); an unbounded size drove one worker to 23.6 GB at 100000.
+MAX_IMG_SIZE = 4096
+#: Largest raw crop: its 3 * size**2 bytes must fit in one FFCV page.
+MAX_RAW_IMG_SIZE = math.isqrt(PAGE_SIZE // 3)
 
 
 class BadImageError(RuntimeError):
     """An input image could not be decoded and ``strict`` was requested."""
 
 
-def _validate(img_size: int, mode: str, quality: int, num_workers: int, limit: int | None = None) -> None:
-    if not isinstance(img_size, int) or img_size < 32:
-        raise ValueError(f"img_size must be an integer >= 32, got {img_size!r}")
+def _integer(name: str, value: object, low: int, high: int | None = None, hint: str = "") -> int:
+    """``value`` as a Python int in ``[low, high]`` (NumPy integers welcome, booleans refused)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be an integer, got the boolean {value!r}")
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r}{hint}") from None
+    if number < low or (high is not None and number > high):
+        allowed = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be {allowed}, got {number}{hint}")
+    return number
+
+
+def _validate(
+    img_size: object, mode: str, quality: object, num_workers: object, limit: object = None
+) -> tuple[int, int, int, int | None]:
+    """Check the options before any work; return them as Python ints."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if not 1 <= quality <= 100:
-        raise ValueError(f"quality must be in [1, 100], got {quality!r}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0 (0 = in this process), got {num_workers!r}")
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit must be >= 1 (or None for all images), got {limit!r}")
+    high = MAX_RAW_IMG_SIZE if mode == "raw" else MAX_IMG_SIZE
+    why = " (a raw crop must fit one 8 MiB FFCV page; use --mode jpg)" if mode == "raw" else " (memory per worker grows with its square)"
+    img_size = _integer("img_size", img_size, 32, high, why)
+    quality = _integer("quality", quality, 1, 100)
+    num_workers = _integer("num_workers", num_workers, 0, hint=" (0 = in this process)")
+    if limit is not None:
+        limit = _integer("limit", limit, 1, hint=" (or None for all images)")
+    return img_size, quality, num_workers, limit
 
 
 def _encoded_in_order(
@@ -70,7 +102,8 @@ def _encoded_in_order(
     # fork: workers start instantly and never re-import the caller's script (spawn would
     # re-run an unguarded one); they only use Pillow/NumPy, so inherited threads are harmless.
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with ProcessPoolExecutor(max_workers=num_workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=num_workers, mp_context=ctx, initializer=worker_init,
+                             initargs=(os.getpid(),)) as pool:
         pending: deque[Future[list[Encoded]]] = deque()
         todo = iter(chunks)
         try:
@@ -104,6 +137,9 @@ class _BetonFile:
         self.writer = DatasetWriter(str(path), fields, num_workers=1)
         self.writer.num_samples = capacity  # an upper bound: skipped files leave unused rows
         self.writer.prepare()
+        # Unlink the /dev/shm segment now: our mapping stays valid and nothing is left behind,
+        # whatever kills this process (no one else attaches to it by name).
+        self.writer.metadata_sm.unlink()
         self.metadata = np.frombuffer(self.writer.metadata_sm.buf, dtype=self.writer.metadata_type)
         self.allocator = MemoryAllocator(str(path), self.writer.data_region_start, self.writer.page_size)
         self.allocator.__enter__()
@@ -137,7 +173,6 @@ class _BetonFile:
         del self.metadata, self.image  # release the views before the shared memory is closed
         self.writer.finalize(self.allocator.allocations)
         self.writer.metadata_sm.close()
-        self.writer.metadata_sm.unlink()
 
     def abort(self) -> None:
         """Release the shared memory after a failure."""
@@ -146,7 +181,6 @@ class _BetonFile:
         finally:
             self.metadata = self.image = None
             self.writer.metadata_sm.close()
-            self.writer.metadata_sm.unlink()
 
 
 @contextmanager
@@ -169,16 +203,28 @@ def _partial_beton(out: Path, capacity: int, mode: str, quality: int, index_fiel
 
 def _partial_path(out: Path) -> Path:
     """Hidden temporary name of ``out`` while it is written, unique per host and process."""
-    return out.with_name(f".{out.name}.{socket.gethostname()}-{os.getpid()}.partial")
+    return partial_path(out)
 
 
 def _publish(partial: Path, out: Path, meta: BetonMetadata) -> None:
-    """Give a finished beton its final name: sidecar first, then the beton, each by atomic rename."""
+    """Give a finished beton its final name: sidecar first, then the beton, each by atomic rename.
+
+    On any failure (disk full while the sidecar is written, ...) nothing of this write is left.
+    """
     sidecar = sidecar_path(out)
     tmp = partial.with_name(partial.name + ".json")
-    tmp.write_text(meta.to_json())
-    os.replace(tmp, sidecar)
-    os.replace(partial, out)
+    try:
+        tmp.write_text(meta.to_json())
+        os.replace(tmp, sidecar)
+        try:
+            os.replace(partial, out)
+        except BaseException:
+            sidecar.unlink(missing_ok=True)  # a sidecar must never describe a beton that is not there
+            raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def write_beton(
@@ -194,20 +240,64 @@ def write_beton(
     limit: int | None = None,
     progress: bool = True,
     shuffle_seed: int | None = 0,
+    force: bool = False,
 ) -> BetonMetadata:
     """Write the samples of ``scan`` to ``out`` and its JSON sidecar; return the metadata.
 
     Samples are stored in ``sample_permutation(N, shuffle_seed)`` order (``None``: ImageFolder
     order), each with its ImageFolder index (position in ``scan.samples``) in the ``index`` field.
 
-    The beton is written as ``.NAME.<host>-<pid>.partial`` and renamed only when
-    complete, its sidecar first, so a killed writer never leaves a file that looks
-    finished, and two writers of the same beton (rank 0 of two nodes sharing a file
-    system) never write into the same file.
+    Options and the output path are checked before any work; an existing beton is kept
+    unless ``force``. The beton is written as ``.NAME.<host>-<pid>.partial`` and renamed
+    only when complete, its sidecar first, so a killed writer never leaves a file that
+    looks finished. One process at a time writes a given beton (:mod:`writers.lock`):
+    another one (rank 0 of a second node on a shared file system) waits, then returns
+    the metadata of the beton the first one published. SIGTERM cleans up like Ctrl-C.
     """
     _validate(img_size, mode, quality, num_workers, limit)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if shuffle_seed is not None:
+        sample_permutation(0, shuffle_seed)  # checks the seed before any work
+    check_output(Path(out), force=force)
+    return _write_locked(scan, Path(out), split=split, img_size=img_size, mode=mode, quality=quality,
+                         num_workers=num_workers, strict=strict, limit=limit, progress=progress, force=force,
+                         shuffle_seed=shuffle_seed)
+
+
+def _write_locked(
+    scan: FolderScan, out: Path, *, split: str = "train", img_size: int = 256, mode: str = "jpg",
+    quality: int = DEFAULT_QUALITY, num_workers: int = 1, strict: bool = False, limit: int | None = None,
+    progress: bool = True, force: bool = False, shuffle_seed: int | None = 0,
+) -> BetonMetadata:
+    """Write under the lock, once the output was checked; a beton found then was published meanwhile."""
+    img_size, quality, num_workers, limit = _validate(img_size, mode, quality, num_workers, limit)
+    with sigterm_raises(), WriteLock(out) as lock:
+        remove_stale_partials(out)  # under the lock: also those of a holder that died while we waited
+        if not force and out.exists():  # published by the writer we waited for
+            return _written_meanwhile(out, lock.waited, img_size=img_size, mode=mode, quality=quality,
+                                      classes=scan.classes)
+        try:
+            return _write_beton(scan, out, split=split, img_size=img_size, mode=mode, quality=quality,
+                                num_workers=num_workers, strict=strict, limit=limit, progress=progress,
+                                shuffle_seed=shuffle_seed)
+        except BaseException:
+            for path in partial_files(out):
+                path.unlink(missing_ok=True)
+            raise
+
+
+def _written_meanwhile(out: Path, waited: bool, **wanted: object) -> BetonMetadata:
+    """Metadata of the beton another writer published while this one waited for the lock."""
+    meta = read_metadata(out)
+    meta.check_matches(**wanted)  # type: ignore[arg-type]
+    log.warning("%s was written by another process%s; using it", out, " while this one waited" if waited else "")
+    return meta
+
+
+def _write_beton(
+    scan: FolderScan, out: Path, *, split: str, img_size: int, mode: str, quality: int, num_workers: int,
+    strict: bool, limit: int | None, progress: bool, shuffle_seed: int | None,
+) -> BetonMetadata:
+    """The write itself, once options, output path and lock are settled."""
     samples = scan.samples[:limit] if limit is not None else scan.samples
     tasks = [(i, path, label) for i, (path, label) in enumerate(samples)]
     if shuffle_seed is not None:
@@ -314,11 +404,21 @@ def replicate_beton(src: str | os.PathLike, out: str | os.PathLike, times: int) 
 def write_split(
     data_path: str | os.PathLike, split: str, out: str | os.PathLike, **kwargs: object
 ) -> BetonMetadata:
-    """Scan ``DATA/split`` (val uses train's class list) and write it to ``out``."""
+    """Scan ``DATA/split`` (val uses train's class list) and write it to ``out``.
+
+    Options and output are checked before the scan, which takes minutes on a large
+    dataset on a network file system (and another node may publish the beton meanwhile:
+    :func:`write_beton` then uses it).
+    """
+    _validate(kwargs.get("img_size", 256), kwargs.get("mode", "jpg"), kwargs.get("quality", DEFAULT_QUALITY),  # type: ignore[arg-type]
+              kwargs.get("num_workers", 1), kwargs.get("limit"))
+    if kwargs.get("shuffle_seed", 0) is not None:
+        sample_permutation(0, kwargs.get("shuffle_seed", 0))  # type: ignore[arg-type]  # checks the seed
+    check_output(Path(out), force=bool(kwargs.get("force", False)))
     data_path = Path(data_path)
     classes = find_classes(data_path / "train") if split != "train" else None
     scan = scan_split(data_path / split, classes=classes)
-    return write_beton(scan, out, split=split, **kwargs)  # type: ignore[arg-type]
+    return _write_locked(scan, Path(out), split=split, **kwargs)  # type: ignore[arg-type]
 
 
 def summary(meta: BetonMetadata, out: str | os.PathLike) -> str:
@@ -340,15 +440,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``write`` command's options (shared by ``python -m writers.beton`` and ``jit-ffcv write``)."""
     parser.add_argument("--data-path", required=True, help="dataset root holding train/ (and val/)")
     parser.add_argument("--split", default="train", choices=("train", "val"))
-    parser.add_argument("--img-size", type=int, default=256)
+    parser.add_argument("--img-size", type=int, default=256,
+                        help=f"crop size, 32 to {MAX_IMG_SIZE} ({MAX_RAW_IMG_SIZE} in raw mode)")
     parser.add_argument("--mode", default="jpg", choices=MODES)
     parser.add_argument("--quality", type=int, default=DEFAULT_QUALITY, help="JPEG quality (jpg mode)")
-    parser.add_argument("--num-workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--num-workers", type=int, default=usable_cpus(),
+                        help="worker processes (default: the CPUs this process may use)")
     parser.add_argument("--out", required=True, help="output FILE.beton")
     parser.add_argument("--strict", action="store_true", help="fail on the first unreadable image")
     parser.add_argument("--limit", type=int, default=None, help="write only the first N images (dry run)")
     parser.add_argument("--shuffle-seed", type=int, default=0, help="seed of the stored sample order (mixes classes)")
     parser.add_argument("--no-shuffle", action="store_true", help="store samples in ImageFolder (class-sorted) order")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing beton")
     return parser
 
 
@@ -370,6 +473,7 @@ def main(args: argparse.Namespace) -> int:
         strict=args.strict,
         limit=args.limit,
         shuffle_seed=None if args.no_shuffle else args.shuffle_seed,
+        force=args.force,
     )
     print(summary(meta, args.out))
     return 0

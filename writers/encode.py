@@ -7,6 +7,8 @@ Runs in the writer's worker processes, so it imports only Pillow and NumPy
 from __future__ import annotations
 
 import io
+import os
+import stat
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -28,11 +30,30 @@ class Encoded:
     error: str | None = None
 
 
+class NotARegularFileError(OSError):
+    """A path named like an image is a FIFO, a device or a socket: reading it could block forever."""
+
+
 def load_rgb(path: str) -> Image.Image:
-    """Open an image file as RGB, as torchvision's ``pil_loader`` does."""
-    with open(path, "rb") as f:
+    """Open an image file as RGB, as torchvision's ``pil_loader`` does; refuse non-regular files.
+
+    The file is opened non-blocking and checked with ``fstat`` before any read, so a FIFO
+    named ``x.JPEG`` is reported instead of hanging the writer.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARegularFileError(f"not a regular file ({_file_kind(mode)})")
         img = Image.open(f)
         return img.convert("RGB")
+
+
+def _file_kind(mode: int) -> str:
+    """Human name of a non-regular file type."""
+    kinds = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+             (stat.S_ISSOCK, "socket"), (stat.S_ISDIR, "directory"))
+    return next((name for test, name in kinds if test(mode)), "special file")
 
 
 def crop_file(path: str, img_size: int) -> np.ndarray:

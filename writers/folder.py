@@ -65,7 +65,7 @@ def scan_split(split_dir: str | os.PathLike, classes: Sequence[str] | None = Non
     ``split_dir``. A class folder without images, or a folder in ``split_dir``
     that is not in ``classes``, is an error naming the path.
     """
-    split_dir = Path(split_dir)
+    split_dir = Path(split_dir).absolute()  # every stored path is absolute, whatever the caller's cwd
     present = find_classes(split_dir)
     if classes is None:
         classes = present

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,6 +20,10 @@ CROP_METHOD = "adm_center_crop_arr"
 
 class BetonMismatchError(ValueError):
     """A beton exists but was written with other settings than requested."""
+
+
+class SidecarError(BetonMismatchError):
+    """A beton's sidecar is not valid JSON or lacks keys (a truncated or hand-edited file)."""
 
 
 @dataclass
@@ -102,15 +106,34 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 def read_metadata(beton: str | os.PathLike) -> BetonMetadata:
     """Load the sidecar of ``beton``; a clear error if it is missing or foreign."""
     path = sidecar_path(beton)
+    if not Path(beton).is_file():
+        raise FileNotFoundError(f"beton not found: {beton}; write it with `jit-ffcv write` or check the path")
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: {beton} was not written by jit-ffcv (or its writer was interrupted); "
             f"rewrite it with `jit-ffcv write`"
         )
-    data = json.loads(path.read_text())
-    if data.get("format") != FORMAT:
-        raise BetonMismatchError(f"{path} has format {data.get('format')!r}, expected {FORMAT!r}")
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SidecarError(f"{path} is not valid JSON ({exc}); rewrite the beton with `jit-ffcv write --force`") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise BetonMismatchError(f"{path} has format {found!r}, expected {FORMAT!r}")
+    _check_keys(path, data)
     return BetonMetadata(**data)
+
+
+def _check_keys(path: Path, data: dict[str, Any]) -> None:
+    """Raise :class:`SidecarError` naming ``path`` if required keys are missing or unknown keys present."""
+    known = {f.name: f for f in fields(BetonMetadata)}
+    required = {name for name, f in known.items() if f.default is MISSING and f.default_factory is MISSING}
+    missing, unknown = sorted(required - set(data)), sorted(set(data) - set(known))
+    if missing or unknown:
+        what = "; ".join(p for p in (f"missing keys {missing}" if missing else "",
+                                     f"unknown keys {unknown}" if unknown else "") if p)
+        raise SidecarError(f"{path} is not a complete jit-ffcv sidecar ({what}); rewrite the beton with "
+                           f"`jit-ffcv write --force`")
 
 
 def verify_file(beton: str | os.PathLike, meta: BetonMetadata, *, checksum: bool = False) -> None:

@@ -1,0 +1,165 @@
+"""One writer per beton across processes and hosts: an exclusive lock file beside the output.
+
+Lightning runs ``prepare_data`` on local rank 0 of every node, so nodes sharing a file
+system would all write the same beton. The first creates ``.NAME.lock`` exclusively
+(``O_EXCL``, atomic on local disks and NFSv3+; no ``flock``, which NFS and Lustre may not
+honour) with its host, pid and a random token, and touches it every ``heartbeat`` seconds.
+The others wait, logging every ``progress_every`` seconds, then use the published beton.
+A holder that died (its pid is gone on this host, or its lock has not been touched for
+``stale_after`` seconds when it runs elsewhere) is replaced: a waiter takes the lock over
+and writes the beton itself. The writer's output is deterministic, so even two writers
+racing after a takeover publish the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from writers.output import pid_alive
+
+log = logging.getLogger("jit_ffcv.writer")
+
+
+class LockError(RuntimeError):
+    """The lock file of a beton cannot be created or read."""
+
+
+def lock_path(out: Path) -> Path:
+    """``DIR/NAME.beton`` -> ``DIR/.NAME.beton.lock``."""
+    return out.with_name(f".{out.name}.lock")
+
+
+class WriteLock:
+    """Exclusive right to write one beton; ``with WriteLock(out) as lock:`` waits for it.
+
+    ``lock.waited`` says whether another writer held it first (its beton may now exist).
+    """
+
+    def __init__(
+        self, out: Path, *, heartbeat: float = 10.0, stale_after: float = 120.0, poll: float = 0.5,
+        progress_every: float = 30.0,
+    ) -> None:
+        self.path = lock_path(out)
+        self.out = out
+        self.heartbeat, self.stale_after, self.poll, self.progress_every = heartbeat, stale_after, poll, progress_every
+        self.host, self.pid, self.token = socket.gethostname(), os.getpid(), uuid.uuid4().hex
+        self.waited = False
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ acquire / release
+    def __enter__(self) -> WriteLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        """Create the lock file, waiting while a live writer holds it."""
+        start = last_log = time.monotonic()
+        seen: tuple[str, float] | None = None  # (content, mtime) of the holder's lock as last seen
+        seen_changed = start
+        while not self._try_create():
+            state = self._read()
+            now = time.monotonic()
+            if state is None:  # released between our attempt and this read: try again at once
+                continue
+            text, mtime = state
+            if state != seen:
+                seen, seen_changed = state, now
+            holder = _parse(text)
+            if self._dead(holder, now - seen_changed):
+                log.warning("writer %s of %s is gone without finishing; taking over", _who(holder), self.out)
+                self._break(text)
+                continue
+            if not self.waited or now - last_log >= self.progress_every:
+                log.warning("waiting for writer %s to finish %s (%.0f s so far)", _who(holder), self.out, now - start)
+                last_log = now
+            self.waited = True
+            time.sleep(self.poll)
+        self._beat = threading.Thread(target=self._touch, name="jit-ffcv-lock-heartbeat", daemon=True)
+        self._beat.start()
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the lock file if it is still ours."""
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+        state = self._read()
+        if state is not None and _parse(state[0]).get("token") == self.token:
+            self.path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ helpers
+    def _try_create(self) -> bool:
+        """Create the lock file exclusively; False if it exists."""
+        record = {"host": self.host, "pid": self.pid, "token": self.token, "started": time.time()}
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise LockError(f"cannot create the lock file {self.path}: {exc.strerror}; choose another output") from exc
+        try:
+            os.write(fd, json.dumps(record).encode())
+        finally:
+            os.close(fd)
+        return True
+
+    def _read(self) -> tuple[str, float] | None:
+        """(content, mtime) of the lock file, or None if there is none."""
+        try:
+            with open(self.path) as f:
+                return f.read(), os.fstat(f.fileno()).st_mtime
+        except FileNotFoundError:
+            return None
+
+    def _dead(self, holder: dict, unchanged_for: float) -> bool:
+        """Whether the holder is gone: a dead pid on this host, else no heartbeat for ``stale_after`` s."""
+        if holder.get("host") == self.host and isinstance(holder.get("pid"), int):
+            return not pid_alive(holder["pid"])
+        return unchanged_for > self.stale_after  # other host, or a lock file still being written
+
+    def _break(self, stale_text: str) -> None:
+        """Remove a dead holder's lock; if another waiter replaced it meanwhile, put that one back."""
+        grave = self.path.with_name(f"{self.path.name}.{self.host}-{self.pid}.stale")
+        try:
+            os.rename(self.path, grave)
+        except FileNotFoundError:
+            return  # another waiter broke it first
+        try:
+            if grave.read_text() != stale_text:  # a live lock: restore it unless yet another exists
+                try:
+                    os.link(grave, self.path)
+                except FileExistsError:
+                    pass
+        finally:
+            grave.unlink(missing_ok=True)
+
+    def _touch(self) -> None:
+        """Heartbeat: refresh the lock's mtime so waiters on other hosts know we are alive."""
+        while not self._stop.wait(self.heartbeat):
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass  # a missing lock is noticed at release; the write itself goes on
+
+
+def _parse(text: str) -> dict:
+    """The holder's record, or {} while the file is being written."""
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _who(holder: dict) -> str:
+    return f"{holder.get('host', '?')}-{holder.get('pid', '?')}"
