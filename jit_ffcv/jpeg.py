@@ -5,7 +5,7 @@ shifts real ImageNet crops by about -1.1 (R) and -1.3 (B) grey levels on average
 a diffusion model learns that shift. :func:`decode_rgb` calls libturbojpeg with its
 default, accurate IDCT and default (fancy) upsampling, as Pillow does, so a decoded
 image equals ``PIL.Image.open(BytesIO(payload)).convert("RGB")`` pixel for pixel.
-The fast IDCT stays available as an explicit opt-in (``decode="fast"``).
+The fast IDCT stays available as an explicit opt-in (``jpeg_decode="fast"``).
 
 Thread safety: every call creates and destroys its own TurboJPEG handle, so any
 number of numba ``prange`` threads (and loaders) may decode at once. A fresh handle
@@ -112,9 +112,10 @@ def _decode_rgb(source: np.ndarray, destination: np.ndarray, flags: int) -> int:
 def compile_decode_rgb() -> Callable[[np.ndarray, np.ndarray, int], int]:
     """A fresh numba dispatcher of :func:`decode_rgb`, for one compiled pipeline.
 
-    Each FFCV pipeline gets its own (as FFCV does with its ``imdecode``): numba 0.68
-    fails with a KeyError when a pipeline compiled in FFCV's thread needs a new
-    overload of a dispatcher that other code already compiled for other array types.
+    Each FFCV pipeline gets its own (as FFCV does with its ``imdecode``): with numba
+    0.68 we saw a pipeline compiled in FFCV's thread fail with a KeyError (and the
+    loader hang) when it needed a new overload of a dispatcher already compiled for
+    other array types (e.g. a writable source buffer in a test, a read-only one here).
     """
     return njit(nogil=True)(_decode_rgb)
 
@@ -129,7 +130,7 @@ def describe(status: int) -> str:
     if status == NOT_A_JPEG:
         return "the payload is not a readable JPEG (bad header)"
     if status == SIZE_MISMATCH:
-        return "the stored image's size differs from the image size in the beton's metadata"
+        return "the JPEG's width/height differ from the image size in the beton's metadata"
     if status == BAD_DESTINATION:
         return "the destination is not a contiguous HxWx3 uint8 array"
     if status == CORRUPT:

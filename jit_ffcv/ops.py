@@ -36,7 +36,7 @@ from jit_ffcv._ffcv import (
     State,
     memcpy,
 )
-from jit_ffcv.jpeg import SIZE_MISMATCH, compile_decode_rgb, compile_raise_on_failure, decode_flags
+from jit_ffcv.jpeg import compile_decode_rgb, compile_raise_on_failure, decode_flags
 
 __all__ = ["EpochCell", "FlipDecoder", "SeededHorizontalFlip", "ToUnitRange", "flip_decision", "flip_mask", "read_int64"]
 
@@ -191,8 +191,6 @@ class FlipDecoder(SimpleRGBImageDecoder):
                     status[i] = decode_rgb(data, destination[i], flags)
                     if flip and status[i] == 0:
                         mirror_inplace(destination[i])
-                elif data.size != destination[i].size:
-                    status[i] = SIZE_MISMATCH
                 elif flip:
                     mirror_copy(data, destination[i])
                 else:
