@@ -42,6 +42,7 @@ class Spec:
     beton: str | None = None  # jpg90 | jpg95 | raw (None for the reference)
     flip: bool = True
     output: str = "uint8"
+    jpeg_decode: str = "accurate"  # jit rows: the DataModule's jpeg_decode option
 
 
 PIPELINES: tuple[Spec, ...] = (
@@ -50,6 +51,7 @@ PIPELINES: tuple[Spec, ...] = (
     Spec("FFCV Loader + RandomHorizontalFlip, jpg q90", "ffcv", "jpg90"),
     Spec("jit-ffcv DataModule, jpg q90", "jit", "jpg90"),
     Spec("jit-ffcv DataModule, no flip, jpg q90", "jit", "jpg90", flip=False),
+    Spec("jit-ffcv DataModule, fast decode (biased), jpg q90", "jit", "jpg90", jpeg_decode="fast"),
     Spec("jit-ffcv DataModule, jpg q95", "jit", "jpg95"),
     Spec("FFCV Loader, no flip, raw", "ffcv", "raw", flip=False),
     Spec("FFCV Loader + RandomHorizontalFlip, raw", "ffcv", "raw"),
@@ -155,13 +157,24 @@ QUALITY_ROWS: tuple[tuple[str, int], ...] = (("4:2:0", 75), ("4:2:0", 85), ("4:2
                                              ("4:2:0", 100), ("4:4:4", 90), ("4:4:4", 95))
 
 
+def _bias(total: np.ndarray, count: int) -> str:
+    """Per-channel mean bias as ``R / G / B`` grey levels, signed, 2 decimals."""
+    return " / ".join(f"{b:+.2f}" for b in total / count)
+
+
 def quality_table(scan: FolderScan, sizes: Sequence[int], rows: Sequence[tuple[str, int]] = QUALITY_ROWS) -> str:
-    """Markdown table of JPEG settings vs PSNR (to the exact crop), size and one core's decode time."""
-    from jit_ffcv._ffcv import imdecode
+    """Markdown table of JPEG settings vs PSNR and mean bias (to the exact crop), size and one core's decode time.
+
+    PSNR and decode time are those of the loader's default, accurate decode; the mean
+    bias (decoded - exact crop, per channel) is shown for it and for the opt-in fast IDCT.
+    """
+    from jit_ffcv.jpeg import decode_flags, decode_rgb
     from writers.encode import crop_file, encode_jpeg
 
-    lines = ["| img_size | chroma | quality | mean PSNR dB | min PSNR dB | KiB/image | vs raw | decode µs/img (1 core) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| img_size | chroma | quality | mean PSNR dB | min PSNR dB | mean bias R / G / B | "
+             "fast-decode bias R / G / B | KiB/image | vs raw | decode µs/img (1 core) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    fast = decode_flags("fast")
     for size in sizes:
         crops = []
         for path, _ in scan.samples:
@@ -172,14 +185,19 @@ def quality_table(scan: FolderScan, sizes: Sequence[int], rows: Sequence[tuple[s
         dst = np.empty((size, size, 3), dtype=np.uint8)
         for chroma, q in rows:
             payloads = [encode_jpeg(ref, q, subsampling=chroma) for ref in crops]
-            psnrs = []
+            psnrs, bias, fast_bias = [], np.zeros(3), np.zeros(3)
             for ref, payload in zip(crops, payloads, strict=True):
-                imdecode(np.frombuffer(payload, dtype=np.uint8), dst, size, size, size, size, 0, 0, 1, 1, False, False)
+                src = np.frombuffer(payload, dtype=np.uint8)
+                for flags, total in ((fast, fast_bias), (0, bias)):  # accurate last: dst is its decode below
+                    if decode_rgb(src, dst, flags) != 0:
+                        raise RuntimeError(f"libturbojpeg could not decode a {size} px q{q} {chroma} JPEG")
+                    total += (dst.astype(np.float64) - ref).mean(axis=(0, 1))
                 mse = float(np.mean((dst.astype(np.float64) - ref) ** 2))
                 psnrs.append(99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse))
             kib = sum(len(p) for p in payloads) / len(payloads) / 1024
             micros = 1e6 / payload_rate_one_core(payloads, size, True, seconds=0.5)
-            lines.append(f"| {size} | {chroma} | {q} | {np.mean(psnrs):.1f} | {np.min(psnrs):.1f} | {kib:.1f} | "
+            lines.append(f"| {size} | {chroma} | {q} | {np.mean(psnrs):.1f} | {np.min(psnrs):.1f} | "
+                         f"{_bias(bias, len(crops))} | {_bias(fast_bias, len(crops))} | {kib:.1f} | "
                          f"{100 * kib * 1024 / (size * size * 3):.1f}% | {micros:.0f} |")
     return "\n".join(lines)
 
@@ -215,27 +233,30 @@ def pages_report(beton: Path | None, worlds: Sequence[int] = (1, 2, 8), seed: in
 
 
 # --------------------------------------------------------------------------- bounds
-def payload_rate_one_core(payloads: Sequence[bytes], size: int, jpg: bool, seconds: float = 1.5) -> float:
-    """Images/s one core decodes (JPEG, FFCV's libjpeg-turbo call) or copies (raw) ``payloads``.
+def payload_rate_one_core(payloads: Sequence[bytes], size: int, jpg: bool, seconds: float = 1.5,
+                          jpeg_decode: str = "accurate") -> float:
+    """Images/s one core decodes (JPEG, :func:`jit_ffcv.jpeg.decode_rgb`) or copies (raw) ``payloads``.
 
-    The loop is numba-compiled and single-threaded, exactly the call FFCV's decoder
-    makes per image, so it is the per-core ceiling any FFCV-based loader can reach.
+    The loop is numba-compiled and single-threaded, exactly the call jit-ffcv's decoder
+    makes per image (accurate IDCT unless ``jpeg_decode="fast"``), so it is the per-core
+    ceiling of a loader that delivers these pixels.
     """
     from numba import njit
 
-    from jit_ffcv._ffcv import Compiler, imdecode, memcpy
+    from jit_ffcv._ffcv import Compiler, memcpy
+    from jit_ffcv.jpeg import decode_flags, decode_rgb
 
     flat = np.frombuffer(b"".join(payloads), dtype=np.uint8)
     offsets = np.cumsum([0] + [len(p) for p in payloads]).astype(np.int64)
     dst = np.empty((size, size, 3), dtype=np.uint8)
-    decode_c, copy_c = Compiler.compile(imdecode), Compiler.compile(memcpy)
+    copy_c, flags = Compiler.compile(memcpy), decode_flags(jpeg_decode)
 
     @njit(nogil=True)
     def one_pass(flat: np.ndarray, offsets: np.ndarray, dst: np.ndarray) -> None:
         for i in range(len(offsets) - 1):
             src = flat[offsets[i] : offsets[i + 1]]
             if jpg:
-                decode_c(src, dst, size, size, size, size, 0, 0, 1, 1, False, False)
+                decode_rgb(src, dst, flags)
             else:
                 copy_c(src, dst)
 
@@ -247,13 +268,13 @@ def payload_rate_one_core(payloads: Sequence[bytes], size: int, jpg: bool, secon
     return done / (time.perf_counter() - start)
 
 
-def decode_rate_one_core(beton: Path, seconds: float = 1.5) -> float:
+def decode_rate_one_core(beton: Path, seconds: float = 1.5, jpeg_decode: str = "accurate") -> float:
     """:func:`payload_rate_one_core` of the first 600 images stored in ``beton``."""
     from writers.metadata import read_metadata
 
     meta = read_metadata(beton)
     payloads, _ = read_payloads(beton, limit=600)
-    return payload_rate_one_core(payloads, meta.img_size, meta.mode == "jpg", seconds)
+    return payload_rate_one_core(payloads, meta.img_size, meta.mode == "jpg", seconds, jpeg_decode)
 
 
 # --------------------------------------------------------------------------- children
@@ -384,7 +405,8 @@ def _jit_epochs(cfg: dict[str, Any]) -> Callable[[int], int]:
                        batch_size=cfg["batch_size"], num_workers=cfg["workers"], mode=mode, quality=quality,
                        train_beton=cfg["beton"], val_beton=str(Path(cfg["beton"]).with_suffix(".none")),
                        flip_prob=0.5 if cfg["flip"] else 0.0, output=cfg["output"], os_cache=cfg["os_cache"],
-                       buffer_pages=cfg.get("buffer_pages"), device=cfg.get("device"))
+                       buffer_pages=cfg.get("buffer_pages"), device=cfg.get("device"),
+                       jpeg_decode=cfg.get("jpeg_decode", "accurate"))
     dm.setup("fit")
     loader = dm.train_dataloader()
 
@@ -574,7 +596,7 @@ def main(args: argparse.Namespace) -> int:
         for spec in specs:
             bar.set_postfix_str(f"{size}px {spec.name}")
             cfg = {"kind": spec.kind, "img_size": size, "batch_size": args.batch_size, "workers": args.workers,
-                   "flip": spec.flip, "output": spec.output, "os_cache": True,
+                   "flip": spec.flip, "output": spec.output, "os_cache": True, "jpeg_decode": spec.jpeg_decode,
                    "device": args.device if spec.name.startswith("jit-ffcv DataModule →") else None,
                    "epochs": 2 if spec.kind == "reference" else args.epochs,
                    "min_seconds": 0.0 if spec.kind == "reference" else args.min_seconds}
@@ -593,8 +615,13 @@ def main(args: argparse.Namespace) -> int:
                                   limits.get(spec.beton) if spec.beton else None))
             bar.update(1)
         for n in names:
-            notes.append(f"{size}px {n}: limit = one core's {'decode' if n != 'raw' else 'copy'} rate "
+            notes.append(f"{size}px {n}: limit = one core's {'accurate decode' if n != 'raw' else 'copy'} rate "
                          f"{limits[n] / args.workers:,.0f} img/s × {args.workers} workers = {limits[n]:,.0f} img/s.")
+        if any(s.jpeg_decode == "fast" for s in specs):
+            fast = decode_rate_one_core(betons["jpg90"], jpeg_decode="fast")
+            notes.append(f"{size}px jpg90: one core's fast-IDCT decode (opt-in, biased) {fast:,.0f} img/s; the "
+                         f"accurate decode costs {100 * (fast * args.workers / limits['jpg90'] - 1):.1f}% more time "
+                         f"per image.")
     bar.close()
     if not args.skip_writer:
         notes += _writer_and_memory_notes(scan, args, work)

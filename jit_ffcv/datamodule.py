@@ -22,10 +22,11 @@ import numpy as np
 import torch
 
 from jit_ffcv._ffcv import (
-    IntDecoder, Operation, Reader, SimpleRGBImageDecoder, Squeeze, ToDevice, ToTensor, ToTorchImage,
+    IntDecoder, Operation, Reader, Squeeze, ToDevice, ToTensor, ToTorchImage,
 )
 from jit_ffcv.crop import center_crop_arr
 from jit_ffcv.layout import ToCHW
+from jit_ffcv.jpeg import decode_flags
 from jit_ffcv.loader import JiTLoader
 from jit_ffcv.mixing import warn_if_folder_order
 from jit_ffcv.ops import EpochCell, FlipDecoder, ToUnitRange, check_prob
@@ -108,6 +109,7 @@ class JiTDataModule(pl.LightningDataModule):
         device: target device of the batches; default: the Trainer's, else CUDA if present, else CPU.
         write_workers: processes used by ``prepare_data`` to write missing betons (default: the CPUs this process may use).
         buffer_pages: pages in the quasi-random rolling buffer (default 2 * batch_size, as FFCV).
+        jpeg_decode: ``accurate`` (libjpeg-turbo's exact IDCT: Pillow's pixels) or ``fast`` (opt-in, biased; README).
     """
 
     def __init__(
@@ -137,6 +139,7 @@ class JiTDataModule(pl.LightningDataModule):
         write_workers: int | None = None,
         buffer_pages: int | None = None,
         channels_last: bool = False,
+        jpeg_decode: Literal["accurate", "fast"] = "accurate",
     ) -> None:
         super().__init__()
         img_size = _at_least("img_size", img_size, 32)
@@ -150,6 +153,7 @@ class JiTDataModule(pl.LightningDataModule):
         if mode == "jpg":
             quality = _in_range("quality", quality, 1, 101)
         check_prob(flip_prob)
+        decode_flags(jpeg_decode)
         if num_replicas is not None:
             num_replicas = _at_least("num_replicas", num_replicas, 1)
         if rank is not None:
@@ -185,6 +189,7 @@ class JiTDataModule(pl.LightningDataModule):
         self.write_workers = write_workers
         self.buffer_pages = buffer_pages
         self.channels_last = bool(channels_last)
+        self.jpeg_decode = jpeg_decode
         self._paths = {
             "train": Path(train_beton) if train_beton else self.beton_dir / beton_name("train", img_size, mode, quality),
             "val": Path(val_beton) if val_beton else self.beton_dir / beton_name("val", img_size, mode, quality),
@@ -269,11 +274,12 @@ class JiTDataModule(pl.LightningDataModule):
         Everything returned runs on HWC uint8 numpy images; the tensor conversion and
         device transfer are appended by the DataModule.
         """
-        return [FlipDecoder(flip_prob=self.flip_prob, seed=self.seed, epoch_cell=epoch_cell)]
+        return [FlipDecoder(flip_prob=self.flip_prob, seed=self.seed, epoch_cell=epoch_cell,
+                            jpeg_decode=self.jpeg_decode)]
 
     def _get_val_transforms(self, epoch_cell: EpochCell) -> list[Operation]:
         """Image ops of the val pipeline: decode only."""
-        return [SimpleRGBImageDecoder()]
+        return [FlipDecoder(flip_prob=0.0, epoch_cell=epoch_cell, jpeg_decode=self.jpeg_decode)]
 
     def _tensor_ops(self) -> tuple[list[Operation], list[Operation]]:
         """Ops appended to the image and label pipelines: NCHW, to tensor, device, range; labels (B,)."""

@@ -11,7 +11,8 @@ Two ways to flip, same decisions, same pixels:
 
 * :class:`FlipDecoder` flips while decoding (the default: no extra pass over
   memory): raw images are copied mirrored instead of ``memcpy``-ed, JPEGs are
-  mirrored in place right after decoding while still in cache.
+  decoded exactly as Pillow does (:mod:`jit_ffcv.jpeg`) and mirrored in place
+  right after decoding while still in cache.
 * :class:`SeededHorizontalFlip` is a stand-alone, in-place op to put anywhere in
   a pipeline; it is also the template for writing your own numba op.
 """
@@ -33,9 +34,9 @@ from jit_ffcv._ffcv import (
     Operation,
     SimpleRGBImageDecoder,
     State,
-    imdecode,
     memcpy,
 )
+from jit_ffcv.jpeg import compile_decode_rgb, compile_raise_on_failure, decode_flags
 
 __all__ = ["EpochCell", "FlipDecoder", "SeededHorizontalFlip", "ToUnitRange", "flip_decision", "flip_mask", "read_int64"]
 
@@ -155,38 +156,46 @@ class FlipDecoder(SimpleRGBImageDecoder):
 
     ``flip_decision(seed, epoch, index, flip_prob)`` decides; the epoch comes from
     ``epoch_cell`` (set by the loader), so one compiled pipeline serves all epochs.
+    JPEGs are decoded with libjpeg-turbo's accurate IDCT (``jpeg_decode="accurate"``:
+    Pillow's pixels exactly) or, opt-in, its fast IDCT (``"fast"``: biased, see the
+    README). ``flip_prob=0`` makes it the plain decoder of the val pipeline. A payload
+    that cannot be decoded raises a RuntimeError naming its sample index.
     """
 
-    def __init__(self, *, flip_prob: float = 0.5, seed: int = 0, epoch_cell: EpochCell | None = None) -> None:
+    def __init__(self, *, flip_prob: float = 0.5, seed: int = 0, epoch_cell: EpochCell | None = None,
+                 jpeg_decode: str = "accurate") -> None:
         super().__init__()
         self.flip_prob = check_prob(flip_prob)
         self.seed = int(seed)
         self.epoch_cell = epoch_cell or EpochCell()
+        self.jpeg_flags = decode_flags(jpeg_decode)
+        self.jpeg_decode = jpeg_decode
 
     def generate_code(self) -> Callable:
         mem_read = self.memory_read
-        imdecode_c = Compiler.compile(imdecode)
         memcpy_c = Compiler.compile(memcpy)
+        decode_rgb, raise_on_failure = compile_decode_rgb(), compile_raise_on_failure()  # fresh: see jit_ffcv.jpeg
         my_range = Compiler.get_iterator()
         jpg = IMAGE_MODES["jpg"]
-        seed, prob, address = self.seed, self.flip_prob, self.epoch_cell.address
+        seed, prob, address, flags = self.seed, self.flip_prob, self.epoch_cell.address, self.jpeg_flags
 
         def decode(batch_indices, destination, metadata, storage_state):  # type: ignore[no-untyped-def]
             epoch = read_int64(address)
+            status = np.zeros(len(batch_indices), dtype=np.int32)
             for i in my_range(len(batch_indices)):
                 index = batch_indices[i]
                 field = metadata[index]
                 data = mem_read(field["data_ptr"], storage_state)
-                height, width = field["height"], field["width"]
                 flip = flip_decision(seed, epoch, index, prob)
                 if field["mode"] == jpg:
-                    imdecode_c(data, destination[i], height, width, height, width, 0, 0, 1, 1, False, False)
-                    if flip:
+                    status[i] = decode_rgb(data, destination[i], flags)
+                    if flip and status[i] == 0:
                         mirror_inplace(destination[i])
                 elif flip:
                     mirror_copy(data, destination[i])
                 else:
                     memcpy_c(data, destination[i])
+            raise_on_failure(status, batch_indices)
             return destination[: len(batch_indices)]
 
         decode.is_parallel = True

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import json
+from io import BytesIO
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jit_ffcv import bench
@@ -28,14 +30,19 @@ def test_bench_end_to_end(tiny_dataset: Path, tmp_path: Path) -> None:
     args = bench.parse_args([
         "--data-path", str(tiny_dataset), "--sizes", "64", "--batch-size", "8", "--workers", "1",
         "--target-samples", "48", "--epochs", "2", "--min-seconds", "0", "--skip-writer",
-        "--pipelines", "reference", "jit-ffcv DataModule, raw", "--out", str(out), "--readme", str(readme),
+        "--pipelines", "reference", "jit-ffcv DataModule, raw", "fast decode", "--out", str(out), "--readme", str(readme),
     ])
     assert bench.main(args) == 0
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert [r["name"] for r in rows] == ["reference (PIL + DataLoader)", "jit-ffcv DataModule, raw"]
+    assert [r["name"] for r in rows] == ["reference (PIL + DataLoader)", "jit-ffcv DataModule, fast decode (biased), jpg q90",
+                                         "jit-ffcv DataModule, raw"]
     assert all(float(r["img_per_s"]) > 0 and float(r["peak_rss_mib"]) > 0 for r in rows)
     data = json.loads((out / "results.json").read_text())
     assert data["machine"]["workers"] == 1 and "12 images replicated ×4 = 48 samples" in data["notes"][0]
+    # the jpg limit is the accurate decode's; the fast decode's rate is a note of its own
+    assert [n.split(":")[0] for n in data["notes"][1:]] == ["64px jpg90", "64px raw", "64px jpg90"]
+    assert data["notes"][1].startswith("64px jpg90: limit = one core's accurate decode rate ")
+    assert data["notes"][3].startswith("64px jpg90: one core's fast-IDCT decode (opt-in, biased) ")
     text = readme.read_text()
     assert text.startswith("intro\n<!-- bench:cpu:start -->\n| pipeline |") and text.endswith("<!-- bench:cpu:end -->\noutro\n")
     assert "old" not in text and (out / "chart.png").stat().st_size > 1000
@@ -48,14 +55,37 @@ def test_update_readme_needs_markers(tmp_path: Path) -> None:
         bench.update_readme(readme, "cpu", "table")
 
 
+def _bias_cell(decoded: list[np.ndarray], crops: list[np.ndarray]) -> str:
+    """The table's bias cell, computed independently: mean over images of mean(decoded - crop) per channel."""
+    means = np.mean([(d.astype(np.float64) - c).mean(axis=(0, 1)) for d, c in zip(decoded, crops)], axis=0)
+    return " / ".join(f"{m:+.2f}" for m in means)
+
+
 def test_quality_table_rows(tiny_dataset: Path) -> None:
+    from ffcv.libffcv import imdecode
+    from PIL import Image
+
+    from writers.encode import crop_file, encode_jpeg
     from writers.folder import scan_split
 
-    table = bench.quality_table(scan_split(tiny_dataset / "train"), [32], rows=(("4:2:0", 50), ("4:4:4", 100)))
+    scan = scan_split(tiny_dataset / "train")
+    rows = (("4:2:0", 50), ("4:4:4", 100))
+    table = bench.quality_table(scan, [32], rows=rows)
     lines = table.splitlines()
     assert len(lines) == 4 and lines[2].startswith("| 32 | 4:2:0 | 50 |") and lines[3].startswith("| 32 | 4:4:4 | 100 |")
+    assert lines[0].split("|")[6:8] == [" mean bias R / G / B ", " fast-decode bias R / G / B "]
     psnr50, psnr100 = float(lines[2].split("|")[4]), float(lines[3].split("|")[4])
     assert psnr100 > psnr50
+    crops = [crop_file(path, 32) for path, _ in scan.samples]
+    for line, (chroma, q) in zip(lines[2:], rows):
+        payloads = [encode_jpeg(c, q, subsampling=chroma) for c in crops]
+        pillow = [np.array(Image.open(BytesIO(p)).convert("RGB")) for p in payloads]
+        ffcv = []  # FFCV's own decode call: the fast IDCT the opt-in reproduces
+        for p in payloads:
+            ffcv.append(np.empty((32, 32, 3), dtype=np.uint8))
+            imdecode(np.frombuffer(p, dtype=np.uint8), ffcv[-1], 32, 32, 32, 32, 0, 0, 1, 1, False, False)
+        cells = [c.strip() for c in line.split("|")]
+        assert cells[6] == _bias_cell(pillow, crops) and cells[7] == _bias_cell(ffcv, crops), line
 
 
 def test_pages_report_counts(raw_beton: Path) -> None:

@@ -10,7 +10,7 @@ import numba
 import numpy as np
 import pytest
 import torch
-from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
+from ffcv.fields.decoders import IntDecoder
 from ffcv.loader import Loader, OrderOption
 from ffcv.pipeline.allocation_query import AllocationQuery
 from ffcv.pipeline.compiler import Compiler
@@ -20,6 +20,7 @@ from ffcv.pipeline.state import State
 from jit_ffcv.datamodule import JiTDataModule
 from jit_ffcv.ops import EpochCell, FlipDecoder, SeededHorizontalFlip, ToUnitRange, flip_decision, flip_mask, read_int64
 from tests.conftest import read_beton
+from tests.test_jpeg import pillow_images
 
 SEED = 11
 N = 20  # valid samples in the synthetic train betons
@@ -111,14 +112,15 @@ def test_epoch_cell_round_trip() -> None:
 # --------------------------------------------------------------------------- #
 @pytest.fixture(scope="module")
 def plain(raw_beton: Path, jpg_beton: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Unflipped decodes (SimpleRGBImageDecoder) of both betons, by name."""
-    return {"raw": read_beton(raw_beton), "jpg": read_beton(jpg_beton)}
+    """Unflipped images of both betons, by name: the raw bytes, and Pillow's decode of the stored JPEGs."""
+    raw = read_beton(raw_beton)
+    return {"raw": raw, "jpg": (pillow_images(jpg_beton), read_beton(jpg_beton)[1])}
 
 
 def _flip_pipeline(kind: str, prob: float, cell: EpochCell) -> list[Operation]:
     if kind == "decoder":
         return [FlipDecoder(flip_prob=prob, seed=SEED, epoch_cell=cell)]
-    return [SimpleRGBImageDecoder(), SeededHorizontalFlip(prob, seed=SEED, epoch_cell=cell)]
+    return [FlipDecoder(flip_prob=0.0), SeededHorizontalFlip(prob, seed=SEED, epoch_cell=cell)]
 
 
 def _run_epochs(path: Path, pipeline: list[Operation], cell: EpochCell, workers: int,
