@@ -21,6 +21,7 @@ from jit_ffcv.datamodule import JiTDataModule
 from jit_ffcv.ops import flip_mask
 from jit_ffcv.synthetic import SyntheticFolder
 from tests.conftest import SMALL, read_beton
+from writers.beton import replicate_beton
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: run `make gpu-check` there")
 
@@ -66,31 +67,40 @@ def delayed_run(loader, delivery: str) -> list[tuple[np.ndarray, list[int], int]
     return runs
 
 
-def make_loader(synthetic: SyntheticFolder, raw_beton: Path, delivery: str):  # type: ignore[no-untyped-def]
+@pytest.fixture(scope="module")
+def big_beton(raw_beton: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic raw beton 20 times over: 25 batches per epoch, far more than the loader's slots."""
+    out = tmp_path_factory.mktemp("gpu") / "train_x20.beton"
+    replicate_beton(raw_beton, out, 20)
+    return out
+
+
+def make_loader(synthetic: SyntheticFolder, beton: Path, delivery: str):  # type: ignore[no-untyped-def]
     dm = JiTDataModule(str(synthetic.root), img_size=SMALL, batch_size=BATCH, num_workers=2, mode="raw",
-                       train_beton=str(raw_beton), seed=SEED, flip_prob=FLIP, batches_ahead=2,
+                       train_beton=str(beton), seed=SEED, flip_prob=FLIP, batches_ahead=2,
                        device="cuda" if delivery == "on_device" else "cpu")
+    dm.prepare_data()  # the synthetic folder has a val/ split: its small beton is written once
     dm.setup("fit")
     return dm.train_dataloader()
 
 
 @pytest.mark.parametrize("delivery", ["cpu_batches_copied_non_blocking", "on_device"])
-def test_every_batch_the_gpu_reads_is_exact(synthetic: SyntheticFolder, raw_beton: Path, delivery: str) -> None:
-    images, _ = read_beton(raw_beton)
-    runs = delayed_run(make_loader(synthetic, raw_beton, delivery), delivery)
+def test_every_batch_the_gpu_reads_is_exact(synthetic: SyntheticFolder, big_beton: Path, delivery: str) -> None:
+    images, _ = read_beton(big_beton)
+    runs = delayed_run(make_loader(synthetic, big_beton, delivery), delivery)
     for got, order, epoch in runs:
-        assert len(got) == len(order) > 3 * BATCH  # more batches than slots
+        assert len(got) == len(order) == 25 * BATCH  # many more batches than the loader's slots
         bad = np.flatnonzero(got != expected_checksums(images, order, epoch))
         assert bad.size == 0, f"epoch {epoch}: {bad.size} of {len(got)} images corrupted, first at {bad[:5]}"
 
 
 def test_without_the_release_events_the_stress_test_sees_corruption(
-    synthetic: SyntheticFolder, raw_beton: Path, monkeypatch: pytest.MonkeyPatch
+    synthetic: SyntheticFolder, big_beton: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The stress test has teeth: with slot release disabled, the delayed GPU reads rewritten buffers."""
     monkeypatch.setattr(jit_ffcv.epoch, "release_event", lambda: None)
-    images, _ = read_beton(raw_beton)
-    runs = delayed_run(make_loader(synthetic, raw_beton, "cpu_batches_copied_non_blocking"),
+    images, _ = read_beton(big_beton)
+    runs = delayed_run(make_loader(synthetic, big_beton, "cpu_batches_copied_non_blocking"),
                        "cpu_batches_copied_non_blocking")
     corrupted = sum(int((got != expected_checksums(images, order, epoch)).sum()) for got, order, epoch in runs)
     assert corrupted > 0
