@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 
 from jit_ffcv._ffcv import Loader
 from jit_ffcv.ops import EpochCell
+from jit_ffcv.resume import ResumeTracker
 
 
 class EpochSampler:
@@ -37,10 +39,10 @@ class EpochSampler:
         self._loader.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return int(self._loader.traversal_order.num_samples())
+        return self._loader.resume.num_samples(self._loader)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._loader.traversal_order.sample_order(self.epoch).tolist())
+        return iter(self._loader.next_traversal_order().tolist())
 
 
 class JiTLoader(Loader):
@@ -58,6 +60,7 @@ class JiTLoader(Loader):
         self.epoch_cell = epoch_cell or EpochCell()
         self._buffers: Any = None
         self._running: Any = None  # the current epoch's FFCV EpochIterator (a thread)
+        self.resume = ResumeTracker()  # position in the epoch, for state_dict / load_state_dict
         super().__init__(*args, **kwargs)
         self.sampler = EpochSampler(self)
         allocate = self.graph.allocate_memory
@@ -75,6 +78,23 @@ class JiTLoader(Loader):
         if int(epoch) < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch!r}")
         self.next_epoch = int(epoch)
+
+    def next_traversal_order(self) -> np.ndarray:
+        """This rank's order for the next epoch (FFCV calls it); a resumed epoch's is its unseen rest."""
+        return self.resume.order(self)
+
+    def __len__(self) -> int:
+        """Batches of the next epoch; a resumed one counts the batches delivered before it was interrupted."""
+        resumed = self.resume.length(self)
+        return super().__len__() if resumed is None else resumed
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tiny, rank-independent position after the last batch handed out (Lightning checkpoints it)."""
+        return self.resume.state_dict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make the next epoch the unseen rest of the saved one, at this loader's world size (see resume.py)."""
+        self.resume.load_state_dict(self, state)
 
     def __iter__(self) -> Iterator[Any]:
         """Batches of the next epoch; the epoch starts lazily, at the first ``next``.
@@ -100,8 +120,11 @@ class JiTLoader(Loader):
             torch.cuda.current_stream().synchronize()  # the last epoch's batches may still be in use
         self.epoch_cell.set(self.next_epoch)
         epoch = self._running = super().__iter__()
+        position = self.resume.begin(self, self.next_epoch - 1, len(epoch.order))
         try:
-            yield from epoch
+            for batch in epoch:
+                position.batches += 1  # before the yield: the batch is the consumer's from here on
+                yield batch
         finally:
             self._finish(epoch)
             if self._running is epoch:
