@@ -232,3 +232,62 @@ def _check_state(state: Any, spec: Spec) -> None:
     for (w, c), length in zip(segments, lengths):
         if not 0 <= int(c) <= length:
             raise ValueError(f"corrupt JiTLoader state: {c} samples consumed of a {length}-sample segment at world {w}")
+
+
+# --------------------------------------------------------------------------- #
+# resume latency at ImageNet scale: python -m jit_ffcv.resume
+# --------------------------------------------------------------------------- #
+class _OrderOnlyLoader:
+    """The attributes ResumeTracker reads from a JiTLoader, over an order with no beton behind it."""
+
+    def __init__(self, order: _ShardedOrder, batch_size: int) -> None:
+        self.traversal_order, self.batch_size, self.drop_last, self.next_epoch = order, batch_size, True, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.next_epoch = epoch
+
+
+def _imagenet_loader(world: int, rank: int, num_samples: int, samples_per_page: int, batch_size: int,
+                     seed: int) -> _OrderOnlyLoader:
+    from jit_ffcv.order import QuasiRandomOrder
+
+    order = QuasiRandomOrder(num_replicas=world, rank=rank)
+    order.indices = np.arange(num_samples)
+    order.sample_pages = order.indices // samples_per_page
+    order.seed, order.buffer_pages = seed, 2 * batch_size
+    return _OrderOnlyLoader(order, batch_size)
+
+
+def resume_latency(num_samples: int = 1_281_167, world: int = 8, new_world: int = 4, batch_size: int = 128,
+                   samples_per_page: int = 380, repeats: int = 3) -> dict[str, float]:
+    """Seconds (best of ``repeats``) from ``load_state_dict`` to the resumed epoch's order, for the last rank.
+
+    ``samples_per_page=380``: 8 MiB FFCV pages of ~22 KiB JPEGs (256 px, q90). The state is taken in
+    the middle of epoch 3. Also times a plain epoch start (the order every epoch computes anyway).
+    """
+    import time
+
+    old = _imagenet_loader(world, 0, num_samples, samples_per_page, batch_size, seed=0)
+    steps = samples_per_rank(num_samples, world) // batch_size
+    state = Position(3, [], world, 0, steps * batch_size, steps // 2).state(Spec.of(old))
+    timings: dict[str, float] = {}
+    for name, new in (("plain epoch start", world), (f"same world W={world}", world),
+                      (f"elastic W={world}->{new_world}", new_world)):
+        best = float("inf")
+        for _ in range(repeats):
+            loader = _imagenet_loader(new, new - 1, num_samples, samples_per_page, batch_size, seed=0)
+            start = time.perf_counter()
+            if name == "plain epoch start":
+                loader.traversal_order.sample_order(3)
+            else:
+                tracker = ResumeTracker()
+                tracker.load_state_dict(loader, state)  # type: ignore[arg-type]
+                tracker.order(loader)  # type: ignore[arg-type]
+            best = min(best, time.perf_counter() - start)
+        timings[name] = best
+    return timings
+
+
+if __name__ == "__main__":
+    for label, seconds in resume_latency().items():
+        print(f"{label:>24}: {seconds:.3f} s (N=1,281,167)")

@@ -76,6 +76,7 @@ class Stream:
         epoch, order = loader.sampler.epoch, list(loader.sampler)
         done = 0
         for x, y in loader:
+            y = y.reshape(-1)  # the DataModule's Squeeze makes a 1-sample batch's labels 0-d
             self.labels += y.tolist()
             self.pixels.append(x.numpy().copy())
             self.indices += order[done:done + len(y)]
@@ -392,3 +393,12 @@ def test_ddp_resume_from_mid_epoch_checkpoint_is_exact(data: tuple[Path, Path], 
     for rank in range(2):
         assert resumed[rank][0] == full[rank][0][step:]
         assert np.array_equal(resumed[rank][1], full[rank][1][step * B:])
+
+
+def test_resume_latency_bench_runs_and_resumes_the_right_rank() -> None:
+    """The ImageNet-size latency bench, tiny: it must time a real resume (not just report numbers)."""
+    from jit_ffcv.resume import resume_latency
+
+    timings = resume_latency(num_samples=5_000, world=8, new_world=4, batch_size=16, samples_per_page=40, repeats=1)
+    assert sorted(timings) == ["elastic W=8->4", "plain epoch start", "same world W=8"]
+    assert all(0 < t < 30 for t in timings.values())
