@@ -166,8 +166,11 @@ class ResumeTracker:
         return int(loader.traversal_order.num_samples())
 
     def length(self, loader: JiTLoader) -> int | None:
-        """``len(loader)`` of a resumed next epoch: batches delivered before + batches left; else None."""
-        if not self._applies(loader):
+        """``len(loader)`` of a resumed next epoch: batches delivered before + batches left; else None.
+
+        A finished epoch keeps the normal length: it delivers nothing, and Lightning moves on from it.
+        """
+        if not self._applies(loader) or self.plan.start >= self.plan.length:
             return None
         spec, plan = Spec.of(loader), self.plan
         before = sum(spec.batches(c) for _, c in plan.segments) + spec.batches(plan.start)
@@ -211,6 +214,14 @@ class ResumeTracker:
         self.plan = Position(int(state["epoch"]), finished, world, start, length)
         self._plan_order = None
         loader.set_epoch(self.plan.epoch)
+        normal = spec.batches(segment_lengths(spec, [], world)[0])
+        if finished and start < length and self.length(loader) != normal:
+            warnings.warn(
+                f"elastic resume at world size {world} of epoch {self.plan.epoch} (started at world size "
+                f"{segments[0][0]}): it has "
+                f"{self.length(loader)} batches, not {normal}; Lightning fixes the epoch length when fit starts, "
+                "so under Lightning resume at another world size only from an end-of-epoch checkpoint "
+                "(plain loops are fine)", stacklevel=3)
 
 
 def _check_state(state: Any, spec: Spec) -> None:
@@ -281,7 +292,9 @@ def resume_latency(num_samples: int = 1_281_167, world: int = 8, new_world: int 
                 loader.traversal_order.sample_order(3)
             else:
                 tracker = ResumeTracker()
-                tracker.load_state_dict(loader, state)  # type: ignore[arg-type]
+                with warnings.catch_warnings():  # the elastic epoch-length warning is expected here
+                    warnings.simplefilter("ignore")
+                    tracker.load_state_dict(loader, state)  # type: ignore[arg-type]
                 tracker.order(loader)  # type: ignore[arg-type]
             best = min(best, time.perf_counter() - start)
         timings[name] = best

@@ -145,6 +145,7 @@ def _stops(steps: int) -> list[int]:
     return sorted({0, 1, int(rng.integers(2, steps - 1)), steps - 1, steps})
 
 
+@pytest.mark.filterwarnings("error")  # same-world resume never warns
 @pytest.mark.parametrize(("world", "options"), [
     (1, {}), (1, {"drop_last": False}), (2, {}), (3, {"sampler_drop_last": True, "order": "random"}),
 ])
@@ -302,6 +303,14 @@ def test_elastic_resume_delivers_the_unseen_rest_exactly_once(data: tuple[Path, 
                                num_replicas=last, rank=rank, seed=SEED, epoch=epoch + 1, buffer_pages=2 * B)
         assert list(loader.sampler) == expected.tolist()
         assert len(loader) == len(make_loader(data, last, rank, copy=2, drop_last=drop_last))
+
+
+def test_elastic_resume_warns_about_the_epoch_length(data: tuple[Path, Path]) -> None:
+    _, state, _ = _run_world(data, 2, None, 1, 2)
+    with pytest.warns(UserWarning, match=r"world size 3 of epoch 1 \(started at world size 2\): it has 6 batches, "
+                                         r"not 5; Lightning fixes the epoch length"):
+        # 2 batches before + 4: the 2 * (21 - 6) = 30 owed samples padded to 36 = 3 ranks x 4 batches x 3
+        make_loader(data, 3, 0).load_state_dict(state)
 
 
 def make_and_load(data: tuple[Path, Path], world: int, state: dict, drop_last: bool) -> list[JiTLoader]:
