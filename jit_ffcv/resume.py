@@ -219,9 +219,10 @@ class ResumeTracker:
             warnings.warn(
                 f"elastic resume at world size {world} of epoch {self.plan.epoch} (started at world size "
                 f"{segments[0][0]}): it has "
-                f"{self.length(loader)} batches, not {normal}; Lightning fixes the epoch length when fit starts, "
-                "so under Lightning resume at another world size only from an end-of-epoch checkpoint "
-                "(plain loops are fine)", stacklevel=3)
+                f"{self.length(loader)} batches, not {normal}; plain loops are fine, but Lightning fixes the "
+                "epoch length when fit starts: under Lightning, resume at the saved world size (elastic resume "
+                "is not supported there)",
+                stacklevel=3)
 
 
 def _check_state(state: Any, spec: Spec) -> None:

@@ -308,7 +308,7 @@ def test_elastic_resume_delivers_the_unseen_rest_exactly_once(data: tuple[Path, 
 def test_elastic_resume_warns_about_the_epoch_length(data: tuple[Path, Path]) -> None:
     _, state, _ = _run_world(data, 2, None, 1, 2)
     with pytest.warns(UserWarning, match=r"world size 3 of epoch 1 \(started at world size 2\): it has 6 batches, "
-                                         r"not 5; Lightning fixes the epoch length"):
+                                         r"not 5; plain loops are fine, but Lightning fixes the epoch length"):
         # 2 batches before + 4: the 2 * (21 - 6) = 30 owed samples padded to 36 = 3 ranks x 4 batches x 3
         make_loader(data, 3, 0).load_state_dict(state)
 
