@@ -17,6 +17,7 @@ import torch
 from jit_ffcv._ffcv import AllocationQuery, Compiler, Loader
 from jit_ffcv.epoch import EpochThread
 from jit_ffcv.ops import EpochCell
+from jit_ffcv.resume import ResumeTracker
 
 
 class EpochSampler:
@@ -40,10 +41,10 @@ class EpochSampler:
         self._loader.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return int(self._loader.traversal_order.num_samples())
+        return self._loader.resume.num_samples(self._loader)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._loader.traversal_order.sample_order(self.epoch).tolist())
+        return iter(self._loader.next_traversal_order().tolist())
 
 
 class JiTLoader(Loader):
@@ -67,6 +68,7 @@ class JiTLoader(Loader):
         self.pin_memory = bool(pin_memory)
         self._buffers: Any = None
         self._running: EpochThread | None = None  # the current epoch's thread
+        self.resume = ResumeTracker()  # position in the epoch, for state_dict / load_state_dict
         super().__init__(*args, **kwargs)
         self.sampler = EpochSampler(self)
         self.graph.allocate_memory = self._allocate_once
@@ -82,6 +84,23 @@ class JiTLoader(Loader):
         if int(epoch) < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch!r}")
         self.next_epoch = int(epoch)
+
+    def next_traversal_order(self) -> np.ndarray:
+        """This rank's order for the next epoch (FFCV calls it); a resumed epoch's is its unseen rest."""
+        return self.resume.order(self)
+
+    def __len__(self) -> int:
+        """Batches of the next epoch; a resumed one counts the batches delivered before it was interrupted."""
+        resumed = self.resume.length(self)
+        return super().__len__() if resumed is None else resumed
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tiny, rank-independent position after the last batch handed out (Lightning checkpoints it)."""
+        return self.resume.state_dict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make the next epoch the unseen rest of the saved one, at this loader's world size (see resume.py)."""
+        self.resume.load_state_dict(self, state)
 
     def __iter__(self) -> Iterator[Any]:
         """Batches of the next epoch; the epoch starts lazily, at the first ``next``.
@@ -120,6 +139,7 @@ class JiTLoader(Loader):
             torch.cuda.synchronize()
         self.epoch_cell.set(self.next_epoch)
         epoch = self._running = self._start_epoch()
+        position = self.resume.begin(self, epoch.epoch, sum(len(batch) for batch in epoch.batches))
         try:
             while True:
                 if self._running is not epoch:
@@ -132,6 +152,7 @@ class JiTLoader(Loader):
                     batch = next(epoch)
                 except StopIteration:
                     return
+                position.batches += 1  # before the yield: the batch is the consumer's from here on
                 yield batch
         finally:
             if self._running is epoch:

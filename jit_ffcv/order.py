@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "KINDS",
     "epoch_order",
+    "epoch_orders",
     "samples_per_rank",
     "reader_sample_pages",
     "QuasiRandomOrder",
@@ -192,6 +193,49 @@ def epoch_order(
         local = np.random.default_rng(np.random.SeedSequence([seed, epoch], spawn_key=(rank,)))
         chunk = chunk[_rolling_buffer(sample_pages[chunk], buffer_pages, local)]
     return indices[chunk].astype(np.int64, copy=False)
+
+
+def epoch_orders(
+    sample_pages: np.ndarray,
+    indices: np.ndarray,
+    *,
+    kind: str,
+    num_replicas: int,
+    seed: int,
+    epoch: int,
+    drop_last: bool = False,
+    buffer_pages: int = 256,
+) -> list[np.ndarray]:
+    """Every rank's :func:`epoch_order` of ``epoch`` at once, drawing the global sequence only once.
+
+    Elastic resume needs all of the old world's orders; calling ``epoch_order`` per rank would
+    redraw the global sequence W times (~W x 0.3 s at ImageNet scale). ``result[r]`` equals
+    ``epoch_order(..., rank=r)`` exactly (tested).
+    """
+    num_replicas, _ = _check_sharding(num_replicas, 0)
+    if len(indices) == 0 or kind != "quasi_random":
+        # Only quasi_random pays per-rank work after the global draw; the rest is cheap.
+        return [epoch_order(sample_pages, indices, kind=kind, num_replicas=num_replicas, rank=r, seed=seed,
+                            epoch=epoch, drop_last=drop_last, buffer_pages=buffer_pages)
+                for r in range(num_replicas)]
+    epoch_order(sample_pages[:0], indices[:0], kind=kind, num_replicas=num_replicas, rank=0, seed=seed,
+                epoch=epoch, drop_last=drop_last, buffer_pages=buffer_pages)  # validates the options
+    indices = _check_1d_int("indices", indices)
+    sample_pages = _check_1d_int("sample_pages", sample_pages)
+    if len(sample_pages) != len(indices):
+        raise ValueError(
+            f"sample_pages must have the same length as indices ({len(indices)}), got {len(sample_pages)}"
+        )
+    per_rank = samples_per_rank(len(indices), num_replicas, drop_last)
+    positions = _global_positions(kind, sample_pages, np.random.default_rng(np.random.SeedSequence([seed, epoch])))
+    positions = positions[:per_rank * num_replicas] if drop_last else np.resize(positions, per_rank * num_replicas)
+    orders = []
+    for rank in range(num_replicas):
+        chunk = positions[rank * per_rank:(rank + 1) * per_rank]
+        local = np.random.default_rng(np.random.SeedSequence([seed, epoch], spawn_key=(rank,)))
+        chunk = chunk[_rolling_buffer(sample_pages[chunk], buffer_pages, local)]
+        orders.append(indices[chunk].astype(np.int64, copy=False))
+    return orders
 
 
 # --------------------------------------------------------------------------- #
