@@ -9,7 +9,7 @@ TORCH   ?= torch==2.13.0
 APT_PKGS := pkg-config libopencv-dev libturbojpeg0-dev
 STAMP   := $(VENV)/.jit-ffcv-installed
 
-.PHONY: install system-deps test demo bench clean
+.PHONY: install system-deps test demo bench gpu-check clean
 
 install: system-deps $(STAMP)
 
@@ -34,7 +34,15 @@ demo: install
 bench: install
 	$(VENV)/bin/jit-ffcv bench --quality-table --readme README.md --out bench_out
 	$(VENV)/bin/jit-ffcv bench --pages --readme README.md --out bench_out
+	$(VENV)/bin/jit-ffcv bench --mixing --readme README.md --out bench_out
 	$(VENV)/bin/jit-ffcv bench --readme README.md --out bench_out --chart docs/bench_cpu.png
+
+# On a CUDA machine (make install TORCH=... with a CUDA build): the GPU delivery stress test, then the
+# throughput rows with batches delivered on the GPU (uint8 and JiT's float), written to the README's gpu block.
+gpu-check: install
+	$(PY) -m pytest -q -rs tests/test_gpu.py
+	$(VENV)/bin/jit-ffcv bench --device cuda --pipelines "reference" "jit-ffcv DataModule, jpg q90" --skip-writer \
+		--target-samples 20000 --out bench_out_gpu --readme README.md --tag gpu --chart bench_out_gpu/chart.png
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -189,7 +189,7 @@ def test_resumed_epoch_skips_without_decoding(data: tuple[Path, Path]) -> None:
     after.load_state_dict(head.state_dict())
     batches = iter(after)
     next(batches)
-    assert len(after._running.order) == (N // B - 4) * B
+    assert sum(len(batch) for batch in after._running.batches) == (N // B - 4) * B
     assert after.sampler.epoch == 1 and len(after) == N // B  # FFCV moved on; the next epoch is a full one
     batches.close()
 
