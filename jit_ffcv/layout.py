@@ -3,8 +3,11 @@
 FFCV's ``ToTorchImage(channels_last=True)`` returns an NCHW-shaped view of
 channels-last memory (``x.view(B, -1)`` fails); its ``channels_last=False``
 makes a temporary contiguous copy in the consumer's thread, then copies it
-again into its buffer. :class:`ToCHW` instead transposes each image, in the
-parallel decoding stage, straight into a reused ``(B, 3, H, W)`` buffer.
+again into its buffer. Here the transpose runs in the parallel decoding stage,
+straight into a reused ``(B, 3, H, W)`` buffer: folded into the decoder
+(``FlipDecoder(chw=True)``, each image transposed right after it is decoded,
+while still in cache, mirrored in the same pass when flipped), or as the
+stand-alone op :class:`ToCHW` after custom HWC ops.
 """
 
 from __future__ import annotations
@@ -17,34 +20,70 @@ from numba import njit
 
 from jit_ffcv._ffcv import AllocationQuery, Compiler, Operation, State
 
-__all__ = ["ToCHW", "hwc_to_chw"]
+__all__ = ["ToCHW", "chw_copy", "chw_mirror", "hwc_to_chw", "to_chw"]
 
-_U3 = np.uint64(3)
+# uint64 indices on purpose: with signed ones numba emits a negative-index wrap
+# check on every access, which stops LLVM from vectorising these loops.
+_U1, _U2, _U3 = np.uint64(1), np.uint64(2), np.uint64(3)
 
 
 @njit(nogil=True, fastmath=True, error_model="numpy")
-def hwc_to_chw(image: np.ndarray, out: np.ndarray) -> None:
-    """Write the C-contiguous HxWx3 uint8 ``image`` into the C-contiguous 3xHxW ``out``."""
-    src = image.reshape(-1)
+def chw_copy(source: np.ndarray, out: np.ndarray) -> None:
+    """Write the C-contiguous HWC uint8 ``source`` (any shape, H*W*3 bytes) into the 3xHxW ``out``."""
+    src = source.reshape(-1)
     dst = out.reshape(-1)
-    plane = np.uint64(image.shape[0] * image.shape[1])
+    plane = np.uint64(out.shape[1] * out.shape[2])
     two = plane + plane
-    for p in range(plane):  # uint64 indices: no wrap checks, the loop vectorises
+    for p in range(plane):
         q = _U3 * p
         dst[p] = src[q]
-        dst[plane + p] = src[q + np.uint64(1)]
-        dst[two + p] = src[q + np.uint64(2)]
+        dst[plane + p] = src[q + _U1]
+        dst[two + p] = src[q + _U2]
+
+
+@njit(nogil=True, fastmath=True, error_model="numpy")
+def chw_mirror(source: np.ndarray, out: np.ndarray) -> None:
+    """Like :func:`chw_copy`, mirrored left-right: ``out[c, r, x] = source[r, W - 1 - x, c]``, one pass."""
+    src = source.reshape(-1)
+    dst = out.reshape(-1)
+    height, width = np.uint64(out.shape[1]), np.uint64(out.shape[2])
+    plane = height * width
+    two = plane + plane
+    last = _U3 * (width - _U1)  # first byte of a row's last pixel
+    for r in range(height):
+        row = r * width
+        base = _U3 * row + last
+        for x in range(width):
+            q = base - _U3 * x
+            dst[row + x] = src[q]
+            dst[plane + row + x] = src[q + _U1]
+            dst[two + row + x] = src[q + _U2]
+
+
+@njit(nogil=True, inline="always")
+def to_chw(source: np.ndarray, out: np.ndarray, mirror: bool) -> None:
+    """:func:`chw_mirror` if ``mirror`` else :func:`chw_copy`."""
+    if mirror:
+        chw_mirror(source, out)
+    else:
+        chw_copy(source, out)
+
+
+hwc_to_chw = chw_copy  # the earlier name of the unmirrored transpose
 
 
 class ToCHW(Operation):
-    """HWC uint8 images -> contiguous CHW, one image per decoding thread (put it before ``ToTensor``)."""
+    """HWC uint8 images -> contiguous CHW, one image per decoding thread (put it before ``ToTensor``).
+
+    Used after custom HWC ops; a lone ``FlipDecoder`` writes CHW itself (``chw=True``, no second pass).
+    """
 
     def generate_code(self) -> Callable:
         my_range = Compiler.get_iterator()
 
         def to_chw(images, dst):  # type: ignore[no-untyped-def]
             for i in my_range(images.shape[0]):
-                hwc_to_chw(images[i], dst[i])
+                chw_copy(images[i], dst[i])
             return dst[: images.shape[0]]
 
         to_chw.is_parallel = True
