@@ -39,7 +39,7 @@ from jit_ffcv._ffcv import (
     memcpy,
 )
 from jit_ffcv.jpeg import compile_decode_rgb, compile_raise_on_failure, decode_flags
-from jit_ffcv.layout import ToCHW, to_chw
+from jit_ffcv.layout import ToCHW, compile_to_chw
 
 __all__ = ["EpochCell", "FlipDecoder", "SeededHorizontalFlip", "ToUnitRange", "flip_decision", "flip_mask", "nchw_ops",
            "read_int64"]
@@ -194,6 +194,7 @@ class FlipDecoder(SimpleRGBImageDecoder):
         decode_rgb, raise_on_failure = compile_decode_rgb(), compile_raise_on_failure()  # fresh: see jit_ffcv.jpeg
         my_range = Compiler.get_iterator()
         jpg = IMAGE_MODES["jpg"]
+        to_chw = compile_to_chw()  # fresh, like decode_rgb
         seed, prob, address, flags = self.seed, self.flip_prob, self.epoch_cell.address, self.jpeg_flags
 
         def decode(batch_indices, destination, metadata, storage_state):  # type: ignore[no-untyped-def]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,7 @@ from tests.conftest import read_beton
 from tests.test_jpeg import pillow_images
 from tests.test_ops import AddOffset, OffsetDataModule, _run_epochs
 
+ROOT = Path(__file__).resolve().parents[1]
 SEED = 11
 N = 20  # valid samples in the synthetic train betons
 
@@ -147,3 +151,27 @@ def test_custom_ops_keep_the_hwc_decoder_and_tochw(request: pytest.FixtureReques
     expected[flips] = expected[flips][:, :, ::-1]
     expected = (expected.astype(np.int64) + 100) % 256
     assert np.array_equal(images.numpy(), expected.transpose(0, 3, 1, 2))
+
+
+_AFTER_DIRECT_CALLS = """
+import sys, threading, numpy as np, os
+from ffcv.fields.decoders import IntDecoder
+from ffcv.loader import Loader, OrderOption
+from jit_ffcv.layout import chw_copy, chw_mirror
+from jit_ffcv.ops import FlipDecoder
+threading.excepthook = lambda args: (print(args.exc_value, flush=True), os._exit(3))
+image, out = np.zeros((5, 7, 3), np.uint8), np.zeros((3, 5, 7), np.uint8)
+chw_copy(image, out); chw_copy(image.reshape(-1).copy(), out); chw_mirror(image, out)  # two writable overloads
+loader = Loader(sys.argv[1], batch_size=8, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
+                pipelines={"image": [FlipDecoder(chw=True)], "label": [IntDecoder()], "index": None})
+print(sum(len(x) for x, _ in loader))
+"""
+
+
+def test_pipeline_compiles_after_direct_kernel_calls(raw_beton: Path) -> None:
+    """Pipelines get fresh kernel dispatchers: a shared one, already compiled for writable arrays,
+    failed with a KeyError in FFCV's thread on the read-only payload (and the loader hung)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", _AFTER_DIRECT_CALLS, str(raw_beton)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=240)
+    assert (done.returncode, done.stdout) == (0, f"{N}\n"), done.stdout + done.stderr[-2000:]
