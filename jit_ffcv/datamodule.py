@@ -25,11 +25,10 @@ from jit_ffcv._ffcv import (
     IntDecoder, Operation, Reader, Squeeze, ToDevice, ToTensor, ToTorchImage,
 )
 from jit_ffcv.crop import center_crop_arr
-from jit_ffcv.layout import ToCHW
 from jit_ffcv.jpeg import decode_flags
 from jit_ffcv.loader import JiTLoader
 from jit_ffcv.mixing import warn_if_folder_order
-from jit_ffcv.ops import EpochCell, FlipDecoder, ToUnitRange, check_prob
+from jit_ffcv.ops import EpochCell, FlipDecoder, ToUnitRange, check_prob, nchw_ops
 from jit_ffcv.order import KINDS, QuasiRandomOrder, RandomOrder, SequentialOrder, samples_per_rank
 from writers.beton import DEFAULT_QUALITY, write_split
 from writers.cpus import usable_cpus
@@ -285,7 +284,7 @@ class JiTDataModule(pl.LightningDataModule):
         """Ops appended to the image and label pipelines: NCHW, to tensor, device, range; labels (B,)."""
         device = self._target_device()
         image: list[Operation] = (
-            [ToTensor(), ToTorchImage(channels_last=True)] if self.channels_last else [ToCHW(), ToTensor()]
+            [ToTensor(), ToTorchImage(channels_last=True)] if self.channels_last else [ToTensor()]  # see _loader
         )
         label: list[Operation] = [IntDecoder(), ToTensor(), Squeeze(1)]  # (B, 1) -> (B,), also for B = 1
         if device is not None and device.type != "cpu":
@@ -310,6 +309,8 @@ class JiTDataModule(pl.LightningDataModule):
         cell = EpochCell()
         image_tail, label_ops = self._tensor_ops()
         image_ops = self._get_train_transforms(cell) if train else self._get_val_transforms(cell)
+        if not self.channels_last:  # the decoder writes CHW itself if alone, else a ToCHW pass
+            image_ops = nchw_ops(image_ops)
         return JiTLoader(
             str(self._paths[split]),
             batch_size=self.batch_size,

@@ -11,14 +11,16 @@ Two ways to flip, same decisions, same pixels:
 
 * :class:`FlipDecoder` flips while decoding (the default: no extra pass over
   memory): raw images are copied mirrored instead of ``memcpy``-ed, JPEGs are
-  decoded exactly as Pillow does (:mod:`jit_ffcv.jpeg`) and mirrored in place
-  right after decoding while still in cache.
+  decoded exactly as Pillow does (:mod:`jit_ffcv.jpeg`) and mirrored right after
+  decoding while still in cache. With ``chw=True`` it writes contiguous CHW
+  images, the transpose and the mirror folded into that same copy.
 * :class:`SeededHorizontalFlip` is a stand-alone, in-place op to put anywhere in
   a pipeline; it is also the template for writing your own numba op.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from typing import Callable
 
@@ -37,8 +39,10 @@ from jit_ffcv._ffcv import (
     memcpy,
 )
 from jit_ffcv.jpeg import compile_decode_rgb, compile_raise_on_failure, decode_flags
+from jit_ffcv.layout import ToCHW, compile_to_chw
 
-__all__ = ["EpochCell", "FlipDecoder", "SeededHorizontalFlip", "ToUnitRange", "flip_decision", "flip_mask", "read_int64"]
+__all__ = ["EpochCell", "FlipDecoder", "SeededHorizontalFlip", "ToUnitRange", "flip_decision", "flip_mask", "nchw_ops",
+           "read_int64"]
 
 
 @intrinsic
@@ -160,16 +164,29 @@ class FlipDecoder(SimpleRGBImageDecoder):
     Pillow's pixels exactly) or, opt-in, its fast IDCT (``"fast"``: biased, see the
     README). ``flip_prob=0`` makes it the plain decoder of the val pipeline. A payload
     that cannot be decoded raises a RuntimeError naming its sample index.
+    ``chw=True`` outputs 3xHxW images instead of HxWx3 (see :meth:`declare_state_and_memory`).
     """
 
     def __init__(self, *, flip_prob: float = 0.5, seed: int = 0, epoch_cell: EpochCell | None = None,
-                 jpeg_decode: str = "accurate") -> None:
+                 jpeg_decode: str = "accurate", chw: bool = False) -> None:
         super().__init__()
         self.flip_prob = check_prob(flip_prob)
         self.seed = int(seed)
         self.epoch_cell = epoch_cell or EpochCell()
         self.jpeg_flags = decode_flags(jpeg_decode)
         self.jpeg_decode = jpeg_decode
+        if not isinstance(chw, bool):
+            raise TypeError(f"chw must be True or False, got {chw!r}")
+        self.chw = chw
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery | tuple]:
+        """HWC: one HxWx3 buffer. CHW: an HxWx3 scratch (JPEG decoding) and the 3xHxW output."""
+        state, hwc = super().declare_state_and_memory(previous_state)
+        if not self.chw:
+            return state, hwc
+        height, width, channels = state.shape
+        shape = (channels, height, width)
+        return replace(state, shape=shape), (hwc, AllocationQuery(shape, state.dtype))
 
     def generate_code(self) -> Callable:
         mem_read = self.memory_read
@@ -177,6 +194,7 @@ class FlipDecoder(SimpleRGBImageDecoder):
         decode_rgb, raise_on_failure = compile_decode_rgb(), compile_raise_on_failure()  # fresh: see jit_ffcv.jpeg
         my_range = Compiler.get_iterator()
         jpg = IMAGE_MODES["jpg"]
+        to_chw = compile_to_chw()  # fresh, like decode_rgb
         seed, prob, address, flags = self.seed, self.flip_prob, self.epoch_cell.address, self.jpeg_flags
 
         def decode(batch_indices, destination, metadata, storage_state):  # type: ignore[no-untyped-def]
@@ -198,8 +216,40 @@ class FlipDecoder(SimpleRGBImageDecoder):
             raise_on_failure(status, batch_indices)
             return destination[: len(batch_indices)]
 
-        decode.is_parallel = True
-        return decode
+        def decode_chw(batch_indices, buffers, metadata, storage_state):  # type: ignore[no-untyped-def]
+            scratch, destination = buffers
+            epoch = read_int64(address)
+            status = np.zeros(len(batch_indices), dtype=np.int32)
+            for i in my_range(len(batch_indices)):
+                index = batch_indices[i]
+                field = metadata[index]
+                data = mem_read(field["data_ptr"], storage_state)
+                flip = flip_decision(seed, epoch, index, prob)
+                if field["mode"] == jpg:
+                    status[i] = decode_rgb(data, scratch[i], flags)
+                    if status[i] == 0:  # still in cache: transposed (and mirrored) right away
+                        to_chw(scratch[i], destination[i], flip)
+                else:
+                    to_chw(data, destination[i], flip)
+            raise_on_failure(status, batch_indices)
+            return destination[: len(batch_indices)]
+
+        chosen = decode_chw if self.chw else decode
+        chosen.is_parallel = True
+        return chosen
+
+
+def nchw_ops(image_ops: list[Operation]) -> list[Operation]:
+    """``image_ops`` (HWC, decoder first) made to output contiguous CHW images, at least cost.
+
+    A lone :class:`FlipDecoder` (the DataModule's default pipelines) is swapped for a copy
+    with ``chw=True``; after other ops a :class:`~jit_ffcv.layout.ToCHW` pass is appended.
+    """
+    if len(image_ops) == 1 and isinstance(image_ops[0], FlipDecoder):
+        folded = copy.copy(image_ops[0])
+        folded.chw = True
+        return [folded]
+    return [*image_ops, ToCHW()]
 
 
 class SeededHorizontalFlip(Operation):
