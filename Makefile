@@ -34,6 +34,7 @@ demo: install
 bench: install
 	$(VENV)/bin/jit-ffcv bench --quality-table --readme README.md --out bench_out
 	$(VENV)/bin/jit-ffcv bench --pages --readme README.md --out bench_out
+	$(VENV)/bin/jit-ffcv bench --scale --readme README.md --out bench_out
 	$(VENV)/bin/jit-ffcv bench --readme README.md --out bench_out --chart docs/bench_cpu.png
 
 clean:
