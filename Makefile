@@ -35,6 +35,7 @@ bench: install
 	$(VENV)/bin/jit-ffcv bench --quality-table --readme README.md --out bench_out
 	$(VENV)/bin/jit-ffcv bench --pages --readme README.md --out bench_out
 	$(VENV)/bin/jit-ffcv bench --mixing --readme README.md --out bench_out
+	$(VENV)/bin/jit-ffcv bench --scale --readme README.md --out bench_out
 	$(VENV)/bin/jit-ffcv bench --readme README.md --out bench_out --chart docs/bench_cpu.png
 
 # On a CUDA machine (make install TORCH=... with a CUDA build): the GPU delivery stress test, then the

@@ -544,13 +544,19 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--mixing", action="store_true", help="only print quasi-random class mixing vs a shuffle "
                    "on a simulated class-sorted ImageNet-1k (W=1,8,64)")
     p.add_argument("--chart", default=None, help="where to save the PNG chart (default: OUT/chart.png)")
-    return p
+    from jit_ffcv.scale import add_arguments as add_scale_arguments
+
+    return add_scale_arguments(p)
 
 
 def main(args: argparse.Namespace) -> int:
     """Run every selected pipeline at every size; print and save the results."""
     from tqdm import tqdm
 
+    if args.scale:
+        from jit_ffcv.scale import main as scale_main
+
+        return scale_main(args)
     if args.mixing:
         from jit_ffcv.mixing import mixing_report
 

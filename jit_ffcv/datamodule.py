@@ -378,12 +378,12 @@ def _check_header(path: Path, meta: BetonMetadata) -> None:
     """The beton's own header and sample table must agree with its sidecar (sample count, image size)."""
     reader = Reader(str(path))
     image = reader.metadata[f"f{list(reader.handlers).index('image')}"]
-    found = {
-        "num_samples": [int(reader.num_samples)],
-        "height": np.unique(image["height"]).tolist(),
-        "width": np.unique(image["width"]).tolist(),
-    }
     wanted = {"num_samples": meta.num_samples, "height": meta.img_size, "width": meta.img_size}
+    found = {  # np.unique (a sort over all samples) only for a column that disagrees: O(N) compares otherwise
+        "num_samples": [int(reader.num_samples)],
+        **{key: np.unique(image[key]).tolist() if bool(np.any(image[key] != wanted[key])) else [wanted[key]]
+           for key in ("height", "width")},
+    }
     for key, values in found.items():
         if any(v != wanted[key] for v in values):
             raise BetonMismatchError(

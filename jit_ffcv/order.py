@@ -107,10 +107,35 @@ def _global_positions(kind: str, pages: np.ndarray, rng: np.random.Generator) ->
     if kind == "random":
         return perm
     # quasi_random: random page order, random order inside each page, page-contiguous.
-    _, page_id = np.unique(pages, return_inverse=True)
+    page_id = _dense_page_ids(pages)
     page_rank = rng.permutation(int(page_id.max()) + 1 if n else 0)
     # Stable sort of a random permutation by (shuffled) page rank == shuffle inside pages.
-    return perm[np.argsort(page_rank[page_id.reshape(-1)[perm]], kind="stable")]
+    return perm[_stable_argsort_small(page_rank[page_id[perm]])]
+
+
+def _dense_page_ids(pages: np.ndarray) -> np.ndarray:
+    """``np.unique(pages, return_inverse=True)[1]``: each page's rank among the distinct pages.
+
+    A beton written sequentially has non-decreasing pages per sample, where the ranks are a
+    cumulative count of page changes: O(N) instead of np.unique's O(N log N) sort.
+    """
+    pages = pages.reshape(-1)
+    if len(pages) < 2 or not bool(np.all(pages[1:] >= pages[:-1])):
+        return np.unique(pages, return_inverse=True)[1].reshape(-1)
+    page_id = np.zeros(len(pages), dtype=np.int64)
+    np.cumsum(pages[1:] != pages[:-1], out=page_id[1:])
+    return page_id
+
+
+def _stable_argsort_small(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` for non-negative ints; radix sort when they fit 16 bits.
+
+    A stable sort's result is unique, so this is bit-identical to the plain call; numpy
+    radix-sorts 16-bit integers in O(N) (about 4x faster than a 64-bit merge sort at 1.3M).
+    """
+    if len(keys) and int(keys.max()) < 2**16:
+        keys = keys.astype(np.uint16)
+    return np.argsort(keys, kind="stable")
 
 
 def _rolling_buffer(chunk_pages: np.ndarray, buffer_pages: int, rng: np.random.Generator) -> np.ndarray:

@@ -118,6 +118,42 @@ def _encoded_in_order(
                 fut.cancel()
 
 
+class _AllocationTable:
+    """FFCV's ``MemoryAllocator.allocations`` as a numpy table: 24 bytes a sample, not a Python tuple.
+
+    FFCV keeps one ``(sample_id, ptr, size)`` tuple per allocation (~150 bytes each, ~190 MB at
+    ImageNet-1k) and ``finalize`` turns each into a numpy scalar (as much again). This supports
+    what ``MemoryAllocator.malloc`` does with the list (append, ``[-1]``, pop, truth) and hands
+    ``finalize`` the finished table as one worker's allocations.
+    """
+
+    def __init__(self, capacity: int, dtype: np.dtype) -> None:
+        self.rows = np.zeros(max(capacity, 1), dtype=dtype)
+        self.count = 0
+
+    def append(self, row: tuple[int, int, int]) -> None:
+        if self.count == len(self.rows):
+            self.rows = np.concatenate([self.rows, np.zeros_like(self.rows)])
+        self.rows[self.count] = row
+        self.count += 1
+
+    def pop(self) -> np.void:
+        self.count -= 1
+        return self.rows[self.count]
+
+    def __getitem__(self, i: int) -> np.void:
+        if not -self.count <= i < self.count:
+            raise IndexError(f"allocation {i} out of range ({self.count} rows)")
+        return self.rows[i % self.count]
+
+    def __len__(self) -> int:
+        return self.count
+
+    def table(self) -> np.ndarray:
+        """The rows written so far (FFCV's on-disk allocation table)."""
+        return self.rows[:self.count]
+
+
 class _BetonFile:
     """Appends pre-encoded samples to a beton with FFCV's writer internals.
 
@@ -127,6 +163,8 @@ class _BetonFile:
     """
 
     def __init__(self, path: Path, capacity: int, mode: str, quality: int, index_field: bool = True) -> None:
+        from ffcv.types import ALLOC_TABLE_TYPE
+
         from jit_ffcv._ffcv import IMAGE_MODES, DatasetWriter, IntField, MemoryAllocator, RGBImageField
 
         self.path = path
@@ -143,6 +181,7 @@ class _BetonFile:
         self.metadata = np.frombuffer(self.writer.metadata_sm.buf, dtype=self.writer.metadata_type)
         self.allocator = MemoryAllocator(str(path), self.writer.data_region_start, self.writer.page_size)
         self.allocator.__enter__()
+        self.allocator.allocations = _AllocationTable(capacity, ALLOC_TABLE_TYPE)
         self.image = self.metadata["f0"]
         self.mode_code = IMAGE_MODES[mode]
         self.count = 0
@@ -171,7 +210,7 @@ class _BetonFile:
         self.allocator.__exit__(None, None, None)
         self.writer.header["num_samples"] = self.count
         del self.metadata, self.image  # release the views before the shared memory is closed
-        self.writer.finalize(self.allocator.allocations)
+        self.writer.finalize([self.allocator.allocations.table()])  # one "worker", one numpy table
         self.writer.metadata_sm.close()
 
     def abort(self) -> None:
