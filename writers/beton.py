@@ -163,9 +163,9 @@ class _BetonFile:
     """
 
     def __init__(self, path: Path, capacity: int, mode: str, quality: int, index_field: bool = True) -> None:
-        from ffcv.types import ALLOC_TABLE_TYPE
-
+        # FFCV only through jit_ffcv._ffcv, and first: it picks numba's threading layer before FFCV starts one.
         from jit_ffcv._ffcv import IMAGE_MODES, DatasetWriter, IntField, MemoryAllocator, RGBImageField
+        from ffcv.types import ALLOC_TABLE_TYPE  # isort: skip
 
         self.path = path
         fields = {"image": RGBImageField(write_mode=mode, jpeg_quality=quality), "label": IntField()}
