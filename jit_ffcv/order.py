@@ -191,33 +191,10 @@ def epoch_order(
 
     ``sample_pages[k]`` is the page of ``indices[k]`` (only used by ``quasi_random``).
     """
-    kind = _check_kind(kind)
     num_replicas, rank = _check_sharding(num_replicas, rank)
-    seed = _check_int("seed", seed, 0)
-    epoch = _check_int("epoch", epoch, 0)
-    drop_last = _check_bool("drop_last", drop_last)
-    buffer_pages = _check_int("buffer_pages", buffer_pages, 1)
-    indices = _check_1d_int("indices", indices)
-    sample_pages = _check_1d_int("sample_pages", sample_pages)
-    if len(sample_pages) != len(indices):
-        raise ValueError(
-            f"sample_pages must have the same length as indices ({len(indices)}), got {len(sample_pages)}"
-        )
-
-    n_total = len(indices)
-    per_rank = samples_per_rank(n_total, num_replicas, drop_last)
-    size = per_rank * num_replicas
-
-    rng = np.random.default_rng(np.random.SeedSequence([seed, epoch]))
-    positions = _global_positions(kind, sample_pages, rng)
-    # np.resize repeats cyclically: G + G[:pad] (+ G again if pad > N), like DistributedSampler.
-    positions = positions[:size] if drop_last else np.resize(positions, size)
-    chunk = positions[rank * per_rank:(rank + 1) * per_rank]
-
-    if kind == "quasi_random":
-        local = np.random.default_rng(np.random.SeedSequence([seed, epoch], spawn_key=(rank,)))
-        chunk = chunk[_rolling_buffer(sample_pages[chunk], buffer_pages, local)]
-    return indices[chunk].astype(np.int64, copy=False)
+    sample_pages, indices, positions, per_rank = _global_sequence(
+        sample_pages, indices, kind, num_replicas, seed, epoch, drop_last, buffer_pages)
+    return _rank_order(sample_pages, indices, positions, per_rank, kind, rank, seed, epoch, buffer_pages)
 
 
 def epoch_orders(
@@ -238,13 +215,25 @@ def epoch_orders(
     ``epoch_order(..., rank=r)`` exactly (tested).
     """
     num_replicas, _ = _check_sharding(num_replicas, 0)
-    if len(indices) == 0 or kind != "quasi_random":
-        # Only quasi_random pays per-rank work after the global draw; the rest is cheap.
-        return [epoch_order(sample_pages, indices, kind=kind, num_replicas=num_replicas, rank=r, seed=seed,
-                            epoch=epoch, drop_last=drop_last, buffer_pages=buffer_pages)
-                for r in range(num_replicas)]
-    epoch_order(sample_pages[:0], indices[:0], kind=kind, num_replicas=num_replicas, rank=0, seed=seed,
-                epoch=epoch, drop_last=drop_last, buffer_pages=buffer_pages)  # validates the options
+    sample_pages, indices, positions, per_rank = _global_sequence(
+        sample_pages, indices, kind, num_replicas, seed, epoch, drop_last, buffer_pages)
+    return [_rank_order(sample_pages, indices, positions, per_rank, kind, rank, seed, epoch, buffer_pages)
+            for rank in range(num_replicas)]
+
+
+def _global_sequence(
+    sample_pages: Any, indices: Any, kind: Any, num_replicas: int, seed: Any, epoch: Any, drop_last: Any,
+    buffer_pages: Any,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Checked inputs, the padded (or truncated) global sequence G of positions, and samples per rank.
+
+    Steps 1 and 2 of :func:`epoch_order`: the same on every rank.
+    """
+    kind = _check_kind(kind)
+    _check_int("seed", seed, 0)
+    _check_int("epoch", epoch, 0)
+    drop_last = _check_bool("drop_last", drop_last)
+    _check_int("buffer_pages", buffer_pages, 1)
     indices = _check_1d_int("indices", indices)
     sample_pages = _check_1d_int("sample_pages", sample_pages)
     if len(sample_pages) != len(indices):
@@ -252,15 +241,24 @@ def epoch_orders(
             f"sample_pages must have the same length as indices ({len(indices)}), got {len(sample_pages)}"
         )
     per_rank = samples_per_rank(len(indices), num_replicas, drop_last)
-    positions = _global_positions(kind, sample_pages, np.random.default_rng(np.random.SeedSequence([seed, epoch])))
-    positions = positions[:per_rank * num_replicas] if drop_last else np.resize(positions, per_rank * num_replicas)
-    orders = []
-    for rank in range(num_replicas):
-        chunk = positions[rank * per_rank:(rank + 1) * per_rank]
-        local = np.random.default_rng(np.random.SeedSequence([seed, epoch], spawn_key=(rank,)))
-        chunk = chunk[_rolling_buffer(sample_pages[chunk], buffer_pages, local)]
-        orders.append(indices[chunk].astype(np.int64, copy=False))
-    return orders
+    size = per_rank * num_replicas
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch)]))
+    positions = _global_positions(kind, sample_pages, rng)
+    # np.resize repeats cyclically: G + G[:pad] (+ G again if pad > N), like DistributedSampler.
+    positions = positions[:size] if drop_last else np.resize(positions, size)
+    return sample_pages, indices, positions, per_rank
+
+
+def _rank_order(
+    sample_pages: np.ndarray, indices: np.ndarray, positions: np.ndarray, per_rank: int, kind: str, rank: int,
+    seed: int, epoch: int, buffer_pages: int,
+) -> np.ndarray:
+    """Steps 3 and 4 of :func:`epoch_order`: rank ``rank``'s contiguous chunk of G, rolling-buffered."""
+    chunk = positions[rank * per_rank:(rank + 1) * per_rank]
+    if kind == "quasi_random":
+        local = np.random.default_rng(np.random.SeedSequence([int(seed), int(epoch)], spawn_key=(rank,)))
+        chunk = chunk[_rolling_buffer(sample_pages[chunk], int(buffer_pages), local)]
+    return indices[chunk].astype(np.int64, copy=False)
 
 
 # --------------------------------------------------------------------------- #
