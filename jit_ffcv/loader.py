@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from jit_ffcv._ffcv import AllocationQuery, Compiler, Loader
-from jit_ffcv.epoch import EpochThread
+from jit_ffcv.epoch import DecodeThread, Epoch
 from jit_ffcv.ops import EpochCell
 from jit_ffcv.resume import ResumeTracker
 
@@ -50,8 +50,8 @@ class EpochSampler:
 class JiTLoader(Loader):
     """FFCV ``Loader`` with ``set_epoch``, a ``sampler`` view and an epoch cell for seeded ops.
 
-    Each epoch runs in an :class:`~jit_ffcv.epoch.EpochThread` (errors reach ``next()``, closing
-    never hangs), one epoch at a time: starting a new iterator ends the previous one, which then
+    Each epoch is an :class:`~jit_ffcv.epoch.Epoch` decoded by the loader's one
+    :class:`~jit_ffcv.epoch.DecodeThread` (errors reach ``next()``, closing never hangs), one epoch at a time: starting a new iterator ends the previous one, which then
     raises instead of returning another epoch's batches. The batch buffers are kept from one epoch
     to the next: FFCV allocates fresh ones every epoch and pays a first-touch page fault for every
     4 KiB of them, a visible cost on short epochs. ``pin_memory=False`` keeps them pageable.
@@ -67,7 +67,8 @@ class JiTLoader(Loader):
         self.epoch_cell = epoch_cell or EpochCell()
         self.pin_memory = bool(pin_memory)
         self._buffers: Any = None
-        self._running: EpochThread | None = None  # the current epoch's thread
+        self._running: Epoch | None = None  # the current epoch
+        self._decoder: DecodeThread | None = None  # started at the first epoch
         self.resume = ResumeTracker()  # position in the epoch, for state_dict / load_state_dict
         super().__init__(*args, **kwargs)
         self.sampler = EpochSampler(self)
@@ -113,22 +114,28 @@ class JiTLoader(Loader):
         """
         return self._epoch_batches()
 
-    def _start_epoch(self) -> EpochThread:
-        """Start the decoding thread of ``next_epoch`` (what FFCV's ``Loader.__iter__`` does)."""
+    def _start_epoch(self) -> Epoch:
+        """Start decoding ``next_epoch`` (what FFCV's ``Loader.__iter__`` does)."""
         Compiler.set_num_threads(self.num_workers)
         epoch = self.next_epoch
         order = self.next_traversal_order()[: len(self) * self.batch_size]
         self.next_epoch += 1
         if self.code is None or self.recompile:
             self.generate_code()
-        return EpochThread(self, order, epoch)
+        running = Epoch(self, order, epoch)
+        if self._decoder is None:
+            self._decoder = DecodeThread(owner=self)
+        self._decoder.submit(running)
+        return running
 
-    def _finish(self, epoch: EpochThread) -> None:
-        """Stop ``epoch``'s thread; if it will not stop, give the next epoch fresh buffers."""
+    def _finish(self, epoch: Epoch) -> None:
+        """Stop ``epoch``; if it will not stop, give the next epoch fresh buffers and a fresh thread."""
         epoch.close()
-        epoch.join(self.JOIN_TIMEOUT_S)
-        if epoch.is_alive():
+        if not epoch.join(self.JOIN_TIMEOUT_S):
             self._buffers = None
+            if self._decoder is not None:
+                self._decoder.stop()  # it exits once the stuck epoch returns
+                self._decoder = None
 
     def _epoch_batches(self) -> Iterator[Any]:
         if self._running is not None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -20,6 +22,16 @@ def shared_sample() -> Path:
     if not (root / "train").is_dir():
         pytest.skip(f"real ImageNet sample not found at {root}/train (set JIT_FFCV_SAMPLE)")
     return root
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` until it is true (True) or ``timeout`` seconds have passed (False)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def read_beton(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

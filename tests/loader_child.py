@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from jit_ffcv._ffcv import Compiler, IntDecoder, Operation, SimpleRGBImageDecoder, State, ToTensor
+from jit_ffcv.epoch import DecodeThread
 from jit_ffcv.layout import ToCHW
 from jit_ffcv.loader import JiTLoader
 from jit_ffcv.ops import FlipDecoder
@@ -117,7 +118,7 @@ def stale(beton: str) -> dict[str, Any]:
 def abandon(beton: str) -> dict[str, Any]:
     """os_cache=False, batches_ahead=4: abandon three epochs after one batch, then run one to the end."""
     loader = make_loader(beton, [SimpleRGBImageDecoder()], (Slow(),), os_cache=False, batches_ahead=4)
-    base = threading.active_count()
+    base = threading.active_count()  # the loader's decoding thread starts at the first epoch
     restart_seconds = []
     it = None
     for _ in range(3):
@@ -130,8 +131,10 @@ def abandon(beton: str) -> dict[str, Any]:
     last_epoch = time.perf_counter() - started
     del it
     time.sleep(0.5)  # the last epoch's thread and page readers end on their own
+    decoders = [t for t in threading.enumerate() if isinstance(t, DecodeThread)]
     return {"restart_seconds": restart_seconds, "last_epoch_seconds": last_epoch,
-            "extra_threads": threading.active_count() - base, "labels": sum(labels, []),
+            "extra_threads": threading.active_count() - base - len(decoders),
+            "decoders_busy": [t.busy.is_set() for t in decoders], "labels": sum(labels, []),
             "epoch": loader.next_epoch}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import threading
 from collections import Counter
@@ -14,14 +15,14 @@ import numba
 import numpy as np
 import pytest
 import torch
-from ffcv.loader.epoch_iterator import EpochIterator
 
 from jit_ffcv.datamodule import JiTDataModule, create_jit_datamodule
 from jit_ffcv.loader import JiTLoader
+from jit_ffcv.epoch import DecodeThread
 from jit_ffcv.ops import flip_mask
 from jit_ffcv.order import epoch_order
 from jit_ffcv.synthetic import SyntheticFolder
-from tests.conftest import read_beton
+from tests.conftest import read_beton, wait_until
 from writers.metadata import BetonMismatchError
 
 N, B, SEED = 20, 4, 5  # valid train samples, batch size, seed
@@ -150,11 +151,11 @@ def test_sampler_orders_are_deterministic(synthetic: SyntheticFolder, beton_dir:
 def test_epoch_starts_at_first_next(synthetic: SyntheticFolder, beton_dir: Path, reference: tuple) -> None:
     """Lightning calls iter() to check iterability and before set_epoch(0): neither may consume an epoch."""
     loader = make_dm(synthetic, beton_dir).train_dataloader()
-    before = {t for t in threading.enumerate() if isinstance(t, EpochIterator)}
     unused = iter(loader)
     assert loader.sampler.epoch == 0
-    assert {t for t in threading.enumerate() if isinstance(t, EpochIterator)} - before == set()
+    assert loader._running is None and loader._decoder is None  # nothing decoded, no thread started
     del unused
+    assert loader._running is None and loader._decoder is None
     it = iter(loader)
     loader.set_epoch(3)  # the epoch is read when the first batch is requested
     labels = np.concatenate([y.numpy().copy() for _, y in it])
@@ -166,22 +167,41 @@ def test_epoch_starts_at_first_next(synthetic: SyntheticFolder, beton_dir: Path,
     assert loader.sampler.epoch == 4
 
 
-def test_abandoned_epoch_stops_its_thread(synthetic: SyntheticFolder, beton_dir: Path, reference: tuple) -> None:
+def test_abandoned_epoch_stops_decoding(synthetic: SyntheticFolder, beton_dir: Path, reference: tuple) -> None:
     loader = make_dm(synthetic, beton_dir).train_dataloader()
-    before = {t for t in threading.enumerate() if isinstance(t, EpochIterator)}
     order = list(loader.sampler)
     it = iter(loader)
     first_x, first_y = next(it)
     assert first_y.tolist() == reference[1][order[:B]].tolist()
-    started = {t for t in threading.enumerate() if isinstance(t, EpochIterator)} - before
-    assert len(started) == 1
+    running, decoder = loader._running, loader._decoder
+    assert not running.finished.is_set() and decoder.busy.is_set()  # it decodes ahead
     del it, first_x, first_y  # e.g. Lightning's limit_train_batches: the epoch is left unfinished
-    (thread,) = started
-    thread.join(timeout=10)
-    assert not thread.is_alive()
-    # the loader is still usable: the next epoch (1) is complete and exact
+    assert running.finished.wait(timeout=10) and loader._running is None
+    assert wait_until(lambda: not decoder.busy.is_set())
+    # the loader is still usable, on the same thread: the next epoch (1) is complete and exact
     order, _, labels, epoch = run_epoch(loader)
     assert epoch == 1 and labels.tolist() == reference[1][order].tolist()
+    assert loader._decoder is decoder and decoder.is_alive()
+
+
+def test_one_decoding_thread_per_loader_and_none_after_it(synthetic: SyntheticFolder, beton_dir: Path) -> None:
+    """Epochs share one thread (a fresh one per epoch starts slowly under numba's TBB layer); a dropped loader
+    leaves no thread behind, however many epochs and loaders ran."""
+
+    def decoders() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if isinstance(t, DecodeThread)}
+
+    before = decoders()
+    dm = make_dm(synthetic, beton_dir)
+    for _ in range(3):
+        loader = dm.train_dataloader()  # the DataModule drops its previous loader
+        gc.collect()
+        for _ in range(3):
+            run_epoch(loader)
+        assert wait_until(lambda: len(decoders() - before) == 1)  # this loader's, the previous one's is gone
+    del dm, loader
+    gc.collect()
+    assert wait_until(lambda: decoders() - before == set())
 
 
 def test_val_loader_is_sequential_and_unflipped(synthetic: SyntheticFolder, beton_dir: Path) -> None:
@@ -357,9 +377,8 @@ def test_lightning_advances_the_epoch(synthetic: SyntheticFolder, beton_dir: Pat
         assert np.array_equal(np.concatenate(model.images[epoch]), expected_images(ref_images, order, epoch, 0.5))
     assert model.orders[0] != model.orders[1]
     # no decoding thread is left behind (each epoch was consumed, none was started for nothing)
-    for thread in [t for t in threading.enumerate() if isinstance(t, EpochIterator)]:
-        thread.join(timeout=5)
-        assert not thread.is_alive()
+    for thread in [t for t in threading.enumerate() if isinstance(t, DecodeThread)]:
+        assert wait_until(lambda: not thread.busy.is_set())
 
 
 def test_new_epoch_stops_a_still_open_one(synthetic: SyntheticFolder, beton_dir: Path,
@@ -371,7 +390,7 @@ def test_new_epoch_stops_a_still_open_one(synthetic: SyntheticFolder, beton_dir:
     running = loader._running
     order = list(loader.sampler)  # epoch 1
     labels = [y.clone() for _, y in loader]
-    assert not running.is_alive() and loader._running is None
+    assert running.finished.is_set() and loader._running is None
     assert torch.cat(labels).tolist() == reference[1][order[: len(loader) * B]].tolist()
 
 

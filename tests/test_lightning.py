@@ -13,12 +13,12 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from ffcv.loader.epoch_iterator import EpochIterator
 
 from jit_ffcv.datamodule import JiTDataModule
+from jit_ffcv.epoch import DecodeThread
 from jit_ffcv.ops import flip_mask
 from jit_ffcv.synthetic import SyntheticFolder
-from tests.conftest import read_beton
+from tests.conftest import read_beton, wait_until
 
 N, B, SEED, FLIP = 20, 3, 11, 0.5
 VAL_SIZES = [3] * 6 + [2]  # 20 val samples in batches of 3: 7 batches > 4 slots, the last one partial
@@ -111,6 +111,5 @@ def test_fit_runs_sanity_check_and_validation(synthetic: SyntheticFolder, train_
     trainer().validate(model, datamodule=dm)
     assert len(model.val_runs) == 4 and not model.val_runs[-1]["sanity"]
     check_val_run(model.val_runs[-1], images, labels, VAL_SIZES)
-    for thread in [t for t in threading.enumerate() if isinstance(t, EpochIterator)]:
-        thread.join(timeout=5)
-        assert not thread.is_alive()
+    for thread in [t for t in threading.enumerate() if isinstance(t, DecodeThread)]:  # every epoch ended
+        assert wait_until(lambda: not thread.busy.is_set())

@@ -88,7 +88,8 @@ def test_abandoned_epochs_with_process_cache_do_not_stall(paged_beton: Path) -> 
     assert max(result["restart_seconds"][1:]) < 2.0, result["restart_seconds"]
     assert result["labels"] == list(range(4, PAGED_N))  # the 3rd epoch ran to the end (batch 0 was taken before)
     assert result["epoch"] == 3
-    assert result["extra_threads"] == 0  # no decoding thread nor page reader left behind
+    assert result["extra_threads"] == 0  # no page reader left behind
+    assert result["decoders_busy"] == [False]  # the loader's one decoding thread, idle: no epoch left running
 
 
 # --------------------------------------------------------------------------- #
