@@ -51,22 +51,22 @@ def _labels(reader: Reader) -> np.ndarray:
     return np.asarray(labels).reshape(-1).astype(np.int64)
 
 
-def payload_sizes(beton: str | Path) -> np.ndarray:
+def payload_sizes(beton: str | Path | Reader) -> np.ndarray:
     """Stored bytes of every sample's image (JPEG or raw pixels), from FFCV's allocation table.
 
     This is what the images weigh, without FFCV's page padding, header and tables.
     """
-    reader = Reader(str(beton))
+    reader = beton if isinstance(beton, Reader) else Reader(str(beton))
     image = _field(reader, "image")
     if image is None:
-        raise ValueError(f"{beton} has no 'image' field: it was not written by jit-ffcv")
+        raise ValueError(f"{reader.file_name} has no 'image' field: it was not written by jit-ffcv")
     table = reader.alloc_table
     order = np.argsort(table["ptr"])
     ptrs, sizes = table["ptr"][order], table["size"][order]
     wanted = np.asarray(image["data_ptr"])
     at = np.searchsorted(ptrs, wanted)
     if np.any(at >= len(ptrs)) or np.any(ptrs[np.minimum(at, len(ptrs) - 1)] != wanted):
-        raise ValueError(f"{beton}: an image's data pointer is missing from FFCV's allocation table; "
+        raise ValueError(f"{reader.file_name}: an image's data pointer is missing from FFCV's allocation table; "
                          f"the beton is damaged, write it again")
     return sizes[at].astype(np.int64)
 
@@ -88,20 +88,20 @@ class ClassCounts:
                 f"max {int(self.counts.max())} samples over {len(self.classes)} classes")
 
 
-def class_counts(beton: str | Path, classes: list[str]) -> ClassCounts:
+def class_counts(beton: str | Path | Reader, classes: list[str]) -> ClassCounts:
     """Count the beton's own labels per class (not the sidecar's figures)."""
-    labels = _labels(Reader(str(beton)))
+    reader = beton if isinstance(beton, Reader) else Reader(str(beton))
+    labels = _labels(reader)
     if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
-        raise ValueError(f"{beton} holds labels outside [0, {len(classes)}), the classes of its sidecar; "
+        raise ValueError(f"{reader.file_name} holds labels outside [0, {len(classes)}), the classes of its sidecar; "
                          f"the beton and its .json do not belong together")
     return ClassCounts(np.bincount(labels, minlength=len(classes)), list(classes))
 
 
-def _bytes_line(beton: str | Path, meta: BetonMetadata) -> str:
+def _bytes_line(reader: Reader) -> str:
     """Payload bytes per image (mean, max) next to the file's bytes per image (page padding included)."""
-    sizes = payload_sizes(beton)
-    n = max(len(sizes), 1)
-    file_per_image = Path(beton).stat().st_size / n
+    sizes = payload_sizes(reader)
+    file_per_image = Path(reader.file_name).stat().st_size / max(len(sizes), 1)
     mean, top = (float(sizes.mean()), int(sizes.max())) if len(sizes) else (0.0, 0)
     return (f"payload mean {mean:,.0f} B ({mean / 1024:.1f} KiB), max {top:,} B; "
             f"file {file_per_image:,.0f} B/image ({file_per_image / 1024:.1f} KiB, pages and tables included)")
@@ -126,11 +126,13 @@ def info_main(args: argparse.Namespace) -> int:
     print(f"samples:      {reader_samples} (metadata: {meta.num_samples})")
     print(f"split:        {meta.split}   img_size: {meta.img_size}   mode: {meta.mode}   quality: {meta.quality}")
     print(f"classes:      {meta.num_classes} ({', '.join(meta.classes[:3])}{', ...' if meta.num_classes > 3 else ''})")
-    print(f"per class:    {class_counts(args.beton, meta.classes).line()}")
-    print(f"size:         {meta.size_bytes / 2**20:.1f} MiB ({meta.size_bytes / max(meta.num_samples, 1) / 1024:.1f} KiB/image)")
-    print(f"bytes/image:  {_bytes_line(args.beton, meta)}")
+    print(f"per class:    {class_counts(reader, meta.classes).line()}")
+    kib_per_image = meta.size_bytes / max(meta.num_samples, 1) / 1024
+    print(f"size:         {meta.size_bytes / 2**20:.1f} MiB ({kib_per_image:.1f} KiB/image)")
+    print(f"bytes/image:  {_bytes_line(reader)}")
     print(f"crop:         {meta.crop}   source: {meta.source}")
-    print(f"written:      {meta.seconds:.1f} s, {meta.images_per_second:.0f} img/s, {meta.num_workers} workers, writer {meta.writer_version}")
+    print(f"written:      {meta.seconds:.1f} s, {meta.images_per_second:.0f} img/s, {meta.num_workers} workers, "
+          f"writer {meta.writer_version}")
     print(f"order:        {_layout(meta, 'index' in reader.handlers)}")
     print(f"skipped:      {len(meta.skipped)}   ignored (non-image): {len(meta.ignored)}")
     for s in meta.skipped:
@@ -162,7 +164,7 @@ class Sample:
 
 
 def pick_ids(num_samples: int, n: int, seed: int, indices: Sequence[int] | None = None) -> np.ndarray:
-    """The stored sample ids to show: ``indices`` as given, else ``min(n, N)`` distinct ids drawn with ``seed``, sorted."""
+    """Stored sample ids to show: ``indices`` as given, else ``min(n, N)`` distinct ids drawn with ``seed``, sorted."""
     if num_samples < 1:
         raise ValueError("the beton holds no sample to show")
     if indices:
@@ -208,14 +210,17 @@ class GridLayout:
 
     @property
     def cols(self) -> int:
+        """Columns: about the square root of the tile count."""
         return math.ceil(math.sqrt(self.count))
 
     @property
     def rows(self) -> int:
+        """Rows needed for every tile."""
         return math.ceil(self.count / self.cols)
 
     @property
     def cell_width(self) -> int:
+        """A tile's width: the image's, or more to leave room for its caption."""
         return max(self.img_size, MIN_CELL_WIDTH)
 
     @property

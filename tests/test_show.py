@@ -12,7 +12,7 @@ from PIL import Image
 from jit_ffcv.cli import main
 from jit_ffcv.inspect_beton import ClassCounts, caption, grid_layout, payload_sizes, pick_ids, show
 from jit_ffcv.synthetic import SyntheticFolder
-from writers.beton import read_indices, write_split
+from writers.beton import read_indices, read_payloads, write_split
 from writers.metadata import read_metadata
 
 SMALL = 64  # conftest's crop size
@@ -75,12 +75,13 @@ def test_show_command_with_indices(raw_beton: Path, tmp_path: Path, capsys: pyte
     code, stdout, _ = run(["show", str(raw_beton), "--out", str(out), "--indices", "19", "0", "7"], capsys)
     assert (code, stdout) == (0, f"saved 3 samples of {raw_beton} to {out}\n")
     assert Image.open(out).size == (2 * (180 + 4) + 4, 2 * (64 + 30 + 4) + 4)  # 2 x 2 cells, one empty
-    images, _ = val_batches(raw_beton, tmp_path)
+    payloads, _ = read_payloads(raw_beton)  # a raw beton stores the exact HWC pixels
     grid = np.asarray(Image.open(out).convert("RGB"))
     layout = grid_layout(3, SMALL)
     for k, sample_id in enumerate([19, 0, 7]):
         x, y = layout.origin(k)
-        assert np.array_equal(grid[y:y + SMALL, x:x + SMALL], images[sample_id].transpose(1, 2, 0))
+        expected = np.frombuffer(payloads[sample_id], dtype=np.uint8).reshape(SMALL, SMALL, 3)
+        assert np.array_equal(grid[y:y + SMALL, x:x + SMALL], expected)
 
 
 def test_pick_ids() -> None:
@@ -108,7 +109,8 @@ def test_show_bad_paths_are_one_line(raw_beton: Path, tmp_path: Path, capsys: py
     assert code == 1 and one_error_line(err) == (
         f"jit-ffcv: error: beton not found: {missing}; write it with `jit-ffcv write` or check the path")
     code, _, err = run(["show", str(raw_beton), "--out", str(tmp_path / "x.jpg")], capsys)
-    assert code == 1 and one_error_line(err) == f"jit-ffcv: error: --out must name a .png file, got {tmp_path / 'x.jpg'}"
+    assert code == 1 and one_error_line(err) == (
+        f"jit-ffcv: error: --out must name a .png file, got {tmp_path / 'x.jpg'}")
     out = tmp_path / "no" / "x.png"
     code, _, err = run(["show", str(raw_beton), "--out", str(out)], capsys)
     assert code == 1 and one_error_line(err) == (
