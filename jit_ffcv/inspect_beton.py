@@ -3,6 +3,8 @@
 ``show`` decodes the chosen samples with the val pipeline's decoder (:class:`~jit_ffcv.ops.FlipDecoder`
 without flips) in a :class:`~jit_ffcv.loader.JiTLoader`, so its tiles are the pixels training sees,
 captioned with the class folder name, label, stored sample id and ImageFolder index to check them against.
+FFCV (and with it torch and numba) is imported on first use, so that building the command line for
+``jit-ffcv write`` does not import it (the writer forks workers).
 """
 
 from __future__ import annotations
@@ -12,16 +14,15 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from jit_ffcv._ffcv import IntDecoder, Reader
-from jit_ffcv.loader import JiTLoader
-from jit_ffcv.ops import FlipDecoder
-from jit_ffcv.order import SequentialOrder
 from writers.metadata import BetonMetadata, read_metadata, verify_file
+
+if TYPE_CHECKING:
+    from jit_ffcv._ffcv import Reader
 
 __all__ = ["Sample", "ClassCounts", "GridLayout", "add_info_arguments", "add_show_arguments", "caption",
            "class_counts", "grid_layout", "info_main", "load_samples", "payload_sizes", "pick_ids",
@@ -37,6 +38,13 @@ BACKGROUND, INK = (255, 255, 255), (0, 0, 0)
 
 
 # ------------------------------------------------------------------------------------------- fields
+def _reader(beton: str | Path | Reader) -> Reader:
+    """FFCV's ``Reader`` of ``beton`` (a path, or a reader already open)."""
+    from jit_ffcv._ffcv import Reader
+
+    return beton if isinstance(beton, Reader) else Reader(str(beton))
+
+
 def _field(reader: Reader, name: str) -> np.ndarray | None:
     """The metadata column of field ``name`` (None if the beton has no such field)."""
     names = list(reader.handlers)
@@ -56,7 +64,7 @@ def payload_sizes(beton: str | Path | Reader) -> np.ndarray:
 
     This is what the images weigh, without FFCV's page padding, header and tables.
     """
-    reader = beton if isinstance(beton, Reader) else Reader(str(beton))
+    reader = _reader(beton)
     image = _field(reader, "image")
     if image is None:
         raise ValueError(f"{reader.file_name} has no 'image' field: it was not written by jit-ffcv")
@@ -90,7 +98,7 @@ class ClassCounts:
 
 def class_counts(beton: str | Path | Reader, classes: list[str]) -> ClassCounts:
     """Count the beton's own labels per class (not the sidecar's figures)."""
-    reader = beton if isinstance(beton, Reader) else Reader(str(beton))
+    reader = _reader(beton)
     labels = _labels(reader)
     if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
         raise ValueError(f"{reader.file_name} holds labels outside [0, {len(classes)}), the classes of its sidecar; "
@@ -120,7 +128,7 @@ def info_main(args: argparse.Namespace) -> int:
     """Print a beton's metadata, its sample count as FFCV reads it, per-class counts and bytes per image."""
     meta = read_metadata(args.beton)  # a missing beton or a broken sidecar is an error naming the file
     verify_file(args.beton, meta, checksum=args.verify)
-    reader = Reader(str(args.beton))
+    reader = _reader(args.beton)
     reader_samples = int(reader.num_samples)
     print(f"beton:        {args.beton}")
     print(f"samples:      {reader_samples} (metadata: {meta.num_samples})")
@@ -180,8 +188,12 @@ def pick_ids(num_samples: int, n: int, seed: int, indices: Sequence[int] | None 
 
 def load_samples(beton: str | Path, ids: np.ndarray, meta: BetonMetadata) -> list[Sample]:
     """Decode samples ``ids`` in one batch of a :class:`JiTLoader` with the val decoder (no flip)."""
-    reader = Reader(str(beton))
-    has_index = "index" in reader.handlers
+    from jit_ffcv._ffcv import IntDecoder
+    from jit_ffcv.loader import JiTLoader
+    from jit_ffcv.ops import FlipDecoder
+    from jit_ffcv.order import SequentialOrder
+
+    has_index = "index" in _reader(beton).handlers
     loader = JiTLoader(
         str(beton), batch_size=len(ids), num_workers=1, order=SequentialOrder(), indices=ids, drop_last=False,
         batches_ahead=1, pin_memory=False,
@@ -282,7 +294,7 @@ def show(beton: str | Path, out: str | Path, n: int = DEFAULT_SHOW, seed: int = 
     _check_out(out)
     meta = read_metadata(beton)
     verify_file(beton, meta)
-    ids = pick_ids(int(Reader(str(beton)).num_samples), n, seed, indices)
+    ids = pick_ids(int(_reader(beton).num_samples), n, seed, indices)
     samples = load_samples(beton, ids, meta)
     grid, _ = render_grid(samples)
     grid.save(out, format="PNG")

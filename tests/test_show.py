@@ -178,3 +178,16 @@ def test_jpeg_payload_is_the_stored_jpeg_bytes(jpg_beton: Path, capsys: pytest.C
     assert _info_line(stdout, "bytes/image").startswith(
         f"payload mean {lengths.mean():,.0f} B ({lengths.mean() / 1024:.1f} KiB), max {lengths.max():,} B; ")
     assert _info_line(stdout, "per class") == "min 5 (n00000000 and 3 more), median 5, max 5 samples over 4 classes"
+
+
+def test_parser_does_not_import_ffcv() -> None:
+    """`jit-ffcv write` builds the same parser, then forks workers: FFCV, numba and torch stay out of it."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys; from jit_ffcv.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('ffcv', 'numba', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120,
+                         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert (out.returncode, out.stdout) == (0, "[]\n"), out.stderr[-2000:]
