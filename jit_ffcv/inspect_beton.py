@@ -182,6 +182,8 @@ def pick_ids(num_samples: int, n: int, seed: int, indices: Sequence[int] | None 
         return np.asarray(indices, dtype=np.int64)
     if n < 1:
         raise ValueError(f"--n must be at least 1, got {n}")
+    if seed < 0:
+        raise ValueError(f"--seed must be an integer >= 0, got {seed}")
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(num_samples, size=min(n, num_samples), replace=False)).astype(np.int64)
 

@@ -94,6 +94,7 @@ def test_pick_ids() -> None:
     (["--indices", "20"], "--indices 20 is out of range: this beton holds samples 0 to 19"),
     (["--indices", "3", "-1"], "--indices -1 is out of range: this beton holds samples 0 to 19"),
     (["--n", "0"], "--n must be at least 1, got 0"),
+    (["--seed", "-2"], "--seed must be an integer >= 0, got -2"),
 ])
 def test_show_bad_choice_is_one_line(raw_beton: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                      extra: list[str], message: str) -> None:
