@@ -1,0 +1,321 @@
+"""Look inside a beton: ``jit-ffcv info`` (metadata and figures) and ``jit-ffcv show`` (a captioned PNG grid).
+
+``show`` decodes the chosen samples with the val pipeline's decoder (:class:`~jit_ffcv.ops.FlipDecoder`
+without flips) in a :class:`~jit_ffcv.loader.JiTLoader`, so its tiles are the pixels training sees,
+captioned with the class folder name, label, stored sample id and ImageFolder index to check them against.
+FFCV (and with it torch and numba) is imported on first use, so that building the command line for
+``jit-ffcv write`` does not import it (the writer forks workers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from writers.metadata import BetonMetadata, read_metadata, verify_file
+
+if TYPE_CHECKING:
+    from jit_ffcv._ffcv import Reader
+
+__all__ = ["Sample", "ClassCounts", "GridLayout", "add_info_arguments", "add_show_arguments", "caption",
+           "class_counts", "grid_layout", "info_main", "load_samples", "payload_sizes", "pick_ids",
+           "render_grid", "show", "show_main"]
+
+PROG = "jit-ffcv"
+DEFAULT_SHOW = 16
+GAP = 4  # pixels between tiles and around the grid
+MIN_CELL_WIDTH = 180  # room for a caption under small images
+CAPTION_HEIGHT = 30  # two lines of Pillow's default font
+LINE_STEP = 13
+BACKGROUND, INK = (255, 255, 255), (0, 0, 0)
+
+
+# ------------------------------------------------------------------------------------------- fields
+def _reader(beton: str | Path | Reader) -> Reader:
+    """FFCV's ``Reader`` of ``beton`` (a path, or a reader already open)."""
+    from jit_ffcv._ffcv import Reader
+
+    return beton if isinstance(beton, Reader) else Reader(str(beton))
+
+
+def _field(reader: Reader, name: str) -> np.ndarray | None:
+    """The metadata column of field ``name`` (None if the beton has no such field)."""
+    names = list(reader.handlers)
+    return reader.metadata[f"f{names.index(name)}"] if name in names else None
+
+
+def _labels(reader: Reader) -> np.ndarray:
+    """Every stored sample's label, in stored order."""
+    labels = _field(reader, "label")
+    if labels is None:
+        raise ValueError(f"{reader.file_name} has no 'label' field: it was not written by jit-ffcv")
+    return np.asarray(labels).reshape(-1).astype(np.int64)
+
+
+def payload_sizes(beton: str | Path | Reader) -> np.ndarray:
+    """Stored bytes of every sample's image (JPEG or raw pixels), from FFCV's allocation table.
+
+    This is what the images weigh, without FFCV's page padding, header and tables.
+    """
+    reader = _reader(beton)
+    image = _field(reader, "image")
+    if image is None:
+        raise ValueError(f"{reader.file_name} has no 'image' field: it was not written by jit-ffcv")
+    table = reader.alloc_table
+    order = np.argsort(table["ptr"])
+    ptrs, sizes = table["ptr"][order], table["size"][order]
+    wanted = np.asarray(image["data_ptr"])
+    at = np.searchsorted(ptrs, wanted)
+    if np.any(at >= len(ptrs)) or np.any(ptrs[np.minimum(at, len(ptrs) - 1)] != wanted):
+        raise ValueError(f"{reader.file_name}: an image's data pointer is missing from FFCV's allocation table; "
+                         f"the beton is damaged, write it again")
+    return sizes[at].astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------- info
+@dataclass(frozen=True)
+class ClassCounts:
+    """Samples per class of a beton (classes with no sample count as 0)."""
+
+    counts: np.ndarray
+    classes: list[str]
+
+    def line(self) -> str:
+        """``min 3 (n01440764), median 5, max 7 samples over 4 classes``; ties for the minimum are counted."""
+        low = int(self.counts.min())
+        smallest = [self.classes[i] for i in np.flatnonzero(self.counts == low)]
+        more = f" and {len(smallest) - 1} more" if len(smallest) > 1 else ""
+        return (f"min {low} ({smallest[0]}{more}), median {float(np.median(self.counts)):g}, "
+                f"max {int(self.counts.max())} samples over {len(self.classes)} classes")
+
+
+def class_counts(beton: str | Path | Reader, classes: list[str]) -> ClassCounts:
+    """Count the beton's own labels per class (not the sidecar's figures)."""
+    reader = _reader(beton)
+    labels = _labels(reader)
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
+        raise ValueError(f"{reader.file_name} holds labels outside [0, {len(classes)}), the classes of its sidecar; "
+                         f"the beton and its .json do not belong together")
+    return ClassCounts(np.bincount(labels, minlength=len(classes)), list(classes))
+
+
+def _bytes_line(reader: Reader) -> str:
+    """Payload bytes per image (mean, max) next to the file's bytes per image (page padding included)."""
+    sizes = payload_sizes(reader)
+    file_per_image = Path(reader.file_name).stat().st_size / max(len(sizes), 1)
+    mean, top = (float(sizes.mean()), int(sizes.max())) if len(sizes) else (0.0, 0)
+    return (f"payload mean {mean:,.0f} B ({mean / 1024:.1f} KiB), max {top:,} B; "
+            f"file {file_per_image:,.0f} B/image ({file_per_image / 1024:.1f} KiB, pages and tables included)")
+
+
+def _layout(meta: BetonMetadata, has_index: bool) -> str:
+    """How stored samples relate to ImageFolder order, and how to trace one back to its file."""
+    trace = "sample i is ImageFolder sample index[i] (field 'index')" if has_index else (
+        "sample i is the i-th non-skipped file (no index field)")
+    if meta.sample_order == "shuffled":
+        return f"shuffled (seed {meta.shuffle_seed}); {trace}"
+    return f"ImageFolder (class-sorted), mixes classes poorly with order='quasi_random'; {trace}"
+
+
+def info_main(args: argparse.Namespace) -> int:
+    """Print a beton's metadata, its sample count as FFCV reads it, per-class counts and bytes per image."""
+    meta = read_metadata(args.beton)  # a missing beton or a broken sidecar is an error naming the file
+    verify_file(args.beton, meta, checksum=args.verify)
+    reader = _reader(args.beton)
+    reader_samples = int(reader.num_samples)
+    print(f"beton:        {args.beton}")
+    print(f"samples:      {reader_samples} (metadata: {meta.num_samples})")
+    print(f"split:        {meta.split}   img_size: {meta.img_size}   mode: {meta.mode}   quality: {meta.quality}")
+    print(f"classes:      {meta.num_classes} ({', '.join(meta.classes[:3])}{', ...' if meta.num_classes > 3 else ''})")
+    print(f"per class:    {class_counts(reader, meta.classes).line()}")
+    kib_per_image = meta.size_bytes / max(meta.num_samples, 1) / 1024
+    print(f"size:         {meta.size_bytes / 2**20:.1f} MiB ({kib_per_image:.1f} KiB/image)")
+    print(f"bytes/image:  {_bytes_line(reader)}")
+    print(f"crop:         {meta.crop}   source: {meta.source}")
+    print(f"written:      {meta.seconds:.1f} s, {meta.images_per_second:.0f} img/s, {meta.num_workers} workers, "
+          f"writer {meta.writer_version}")
+    print(f"order:        {_layout(meta, 'index' in reader.handlers)}")
+    print(f"skipped:      {len(meta.skipped)}   ignored (non-image): {len(meta.ignored)}")
+    for s in meta.skipped:
+        print(f"  {s['path']}: {s['error']}")
+    print(f"sha256:       {meta.sha256}{'  (verified)' if args.verify else ''}")
+    if reader_samples != meta.num_samples:
+        print(f"{PROG}: error: {args.beton} holds {reader_samples} samples but its metadata says {meta.num_samples}; "
+              f"rewrite it", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_info_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``jit-ffcv info``."""
+    parser.add_argument("beton")
+    parser.add_argument("--verify", action="store_true", help="also check the file's SHA-256")
+
+
+# --------------------------------------------------------------------------------------------- show
+@dataclass(frozen=True)
+class Sample:
+    """One decoded sample as the val loader delivers it (HxWx3 uint8, never flipped)."""
+
+    sample_id: int  # position in the beton
+    index: int | None  # ImageFolder index of its file (None: beton written without the index field)
+    label: int
+    class_name: str
+    image: np.ndarray
+
+
+def pick_ids(num_samples: int, n: int, seed: int, indices: Sequence[int] | None = None) -> np.ndarray:
+    """Stored sample ids to show: ``indices`` as given, else ``min(n, N)`` distinct ids drawn with ``seed``, sorted."""
+    if num_samples < 1:
+        raise ValueError("the beton holds no sample to show")
+    if indices:
+        bad = [i for i in indices if not 0 <= i < num_samples]
+        if bad:
+            raise ValueError(f"--indices {bad[0]} is out of range: this beton holds samples 0 to {num_samples - 1}")
+        return np.asarray(indices, dtype=np.int64)
+    if n < 1:
+        raise ValueError(f"--n must be at least 1, got {n}")
+    if seed < 0:
+        raise ValueError(f"--seed must be an integer >= 0, got {seed}")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(num_samples, size=min(n, num_samples), replace=False)).astype(np.int64)
+
+
+def load_samples(beton: str | Path, ids: np.ndarray, meta: BetonMetadata) -> list[Sample]:
+    """Decode samples ``ids`` in one batch of a :class:`JiTLoader` with the val decoder (no flip)."""
+    from jit_ffcv._ffcv import IntDecoder
+    from jit_ffcv.loader import JiTLoader
+    from jit_ffcv.ops import FlipDecoder
+    from jit_ffcv.order import SequentialOrder
+
+    has_index = "index" in _reader(beton).handlers
+    loader = JiTLoader(
+        str(beton), batch_size=len(ids), num_workers=1, order=SequentialOrder(), indices=ids, drop_last=False,
+        batches_ahead=1, pin_memory=False,
+        pipelines={"image": [FlipDecoder(flip_prob=0.0)], "label": [IntDecoder()],
+                   "index": [IntDecoder()] if has_index else None},
+    )
+    (images, labels, *rest), = list(loader)
+    index = np.asarray(rest[0]).reshape(-1).tolist() if has_index else [None] * len(ids)
+    labels = np.asarray(labels).reshape(-1).tolist()
+    return [Sample(int(i), None if x is None else int(x), int(y), meta.classes[y], np.array(image))
+            for i, x, y, image in zip(ids.tolist(), index, labels, images, strict=True)]
+
+
+def caption(sample: Sample) -> tuple[str, str]:
+    """Two caption lines: class folder name and label; stored sample id and ImageFolder index."""
+    source = "" if sample.index is None else f", folder idx {sample.index}"
+    return f"{sample.class_name} (label {sample.label})", f"sample {sample.sample_id}{source}"
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    """Where each tile goes: ``cols`` x ``rows`` cells of ``cell_width`` x (image + caption) pixels."""
+
+    img_size: int
+    count: int
+
+    @property
+    def cols(self) -> int:
+        """Columns: about the square root of the tile count."""
+        return math.ceil(math.sqrt(self.count))
+
+    @property
+    def rows(self) -> int:
+        """Rows needed for every tile."""
+        return math.ceil(self.count / self.cols)
+
+    @property
+    def cell_width(self) -> int:
+        """A tile's width: the image's, or more to leave room for its caption."""
+        return max(self.img_size, MIN_CELL_WIDTH)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the whole grid."""
+        cell_height = self.img_size + CAPTION_HEIGHT
+        return (self.cols * (self.cell_width + GAP) + GAP, self.rows * (cell_height + GAP) + GAP)
+
+    def origin(self, k: int) -> tuple[int, int]:
+        """Top-left pixel (x, y) of tile ``k``'s image (centred in its cell, caption below)."""
+        row, col = divmod(k, self.cols)
+        x = GAP + col * (self.cell_width + GAP) + (self.cell_width - self.img_size) // 2
+        return x, GAP + row * (self.img_size + CAPTION_HEIGHT + GAP)
+
+
+def grid_layout(count: int, img_size: int) -> GridLayout:
+    """The layout of ``count`` tiles of ``img_size`` pixels (about square)."""
+    return GridLayout(img_size=img_size, count=count)
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, width: int, font: ImageFont.ImageFont) -> str:
+    """``text``, cut with ``...`` until it fits ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
+def render_grid(samples: Sequence[Sample]) -> tuple[Image.Image, GridLayout]:
+    """Paste the images unchanged, each with its caption (Pillow's default font) below it."""
+    img_size = samples[0].image.shape[0]
+    layout = grid_layout(len(samples), img_size)
+    grid = Image.new("RGB", layout.size, BACKGROUND)
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default()
+    for k, sample in enumerate(samples):
+        x, y = layout.origin(k)
+        grid.paste(Image.fromarray(sample.image), (x, y))
+        left = x - (layout.cell_width - img_size) // 2 + 2
+        for line_no, text in enumerate(caption(sample)):
+            draw.text((left, y + img_size + 2 + line_no * LINE_STEP), _fit(draw, text, layout.cell_width - 4, font),
+                      fill=INK, font=font)
+    return grid, layout
+
+
+def _check_out(out: Path) -> None:
+    """The grid is a PNG in an existing folder."""
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out must name a .png file, got {out}")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: folder {out.parent} does not exist; create it or choose another --out")
+
+
+def show(beton: str | Path, out: str | Path, n: int = DEFAULT_SHOW, seed: int = 0,
+         indices: Sequence[int] | None = None) -> list[Sample]:
+    """Save a PNG grid of samples of ``beton`` to ``out``; return the samples shown, in grid order."""
+    out = Path(out)
+    _check_out(out)
+    meta = read_metadata(beton)
+    verify_file(beton, meta)
+    ids = pick_ids(int(_reader(beton).num_samples), n, seed, indices)
+    samples = load_samples(beton, ids, meta)
+    grid, _ = render_grid(samples)
+    grid.save(out, format="PNG")
+    return samples
+
+
+def show_main(args: argparse.Namespace) -> int:
+    """``jit-ffcv show``: save the grid and say where."""
+    out = Path(args.out) if args.out else Path(Path(args.beton).name).with_suffix(".png")
+    samples = show(args.beton, out, n=args.n, seed=args.seed, indices=args.indices)
+    print(f"saved {len(samples)} samples of {args.beton} to {out}")
+    return 0
+
+
+def add_show_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``jit-ffcv show``."""
+    parser.add_argument("beton")
+    parser.add_argument("--out", help="PNG to write (default: the beton's name with .png, in the current folder)")
+    parser.add_argument("--n", type=int, default=DEFAULT_SHOW, help=f"samples to show (default {DEFAULT_SHOW})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random pick (default 0)")
+    parser.add_argument("--indices", type=int, nargs="+", metavar="I",
+                        help="stored sample ids to show instead of a random pick")
