@@ -155,7 +155,7 @@ def test_fit_runs_the_config_for_exact_steps(synthetic: SyntheticFolder, tmp_pat
     assert train == [(step // per_epoch, step) for step in range(STEPS)]
     assert [(int(r["epoch"]), int(r["step"])) for r in rows if r["val_loss"]] == [(0, per_epoch - 1)]
 
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(tmp_path / "checkpoints" / "imagenet_256" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == STEPS
     assert ckpt["hyper_parameters"]["img_size"] == 32  # linked from data.img_size
     data = ckpt["datamodule_hyper_parameters"]
