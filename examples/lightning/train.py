@@ -57,7 +57,7 @@ class JiTCLI(LightningCLI):
     """LightningCLI where ``data.seed`` defaults to ``seed_everything`` and ``model.img_size`` is ``data.img_size``."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        """``data.seed``: null (follow ``seed_everything``) unless given; ``model.img_size``: linked to ``data.img_size``."""
+        """``data.seed`` defaults to null (follow ``seed_everything``); ``model.img_size`` is ``data.img_size``."""
         parser.set_defaults({"data.seed": None})
         parser.link_arguments("data.img_size", "model.img_size")
 
