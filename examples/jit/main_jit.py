@@ -48,19 +48,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", default=128, type=int, help="batch size per GPU")
     p.add_argument("--lr", default=None, type=float, help="absolute learning rate (default: blr * total batch / 256)")
     p.add_argument("--blr", default=5e-5, type=float, help="base learning rate")
-    p.add_argument("--seed", default=0, type=int, help="model seed (+ rank, as JiT) and data seed (the same on all ranks)")
+    p.add_argument("--seed", default=0, type=int,
+                   help="model seed (+ rank, as JiT) and data seed (the same on all ranks)")
     p.add_argument("--num_workers", default=12, type=int, help="jit-ffcv decoding threads per process")
     p.add_argument("--pin_mem", action="store_true", help="pin the batch buffers (default)")
     p.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
     p.set_defaults(pin_mem=True)
     p.add_argument("--output_dir", default="./output_dir", help="where checkpoint-last.pth is written")
     p.add_argument("--resume", default="", help="folder holding checkpoint-last.pth to resume from (JiT's semantics)")
-    p.add_argument("--save_last_freq", default=5, type=int, help="save checkpoint-last.pth every N epochs and at the end")
+    p.add_argument("--save_last_freq", default=5, type=int,
+                   help="save checkpoint-last.pth every N epochs and at the end")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--max_steps", default=0, type=int,
                    help="at most this many steps per epoch (a smoke test on a full dataset); 0: whole epochs")
     p.add_argument("--log_samples", action="store_true",
-                   help="write OUTPUT_DIR/samples_rank{R}.jsonl: per epoch, the labels and pixel sums each step trained on")
+                   help="write OUTPUT_DIR/samples_rank{R}.jsonl: per epoch, the labels and pixel sums trained on")
     return p
 
 
