@@ -43,7 +43,7 @@ def launch(data: Path, out: Path, world: int, *extra: str) -> str:
            "--data_path", str(data), "--img_size", str(IMG), "--patch_size", "8", "--class_num", "4",
            "--batch_size", str(BATCH), "--num_workers", "1", "--seed", str(SEED), "--save_last_freq", "1",
            "--output_dir", str(out), "--resume", str(out), "--device", "cpu", "--log_samples", *extra]
-    proc = subprocess.run(cmd, env=ddp_env(), cwd=str(out), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, env=ddp_env(), cwd=str(out), capture_output=True, text=True, timeout=300)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"example failed ({proc.returncode}):\n{output[-6000:]}"
     return output

@@ -77,15 +77,26 @@ def check_args(args: argparse.Namespace) -> None:
                          f"--patch_size {args.patch_size}")
 
 
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    """Join the ``torchrun`` group when launched by it (NCCL on CUDA, gloo on CPU); return (rank, world size)."""
-    if "RANK" not in os.environ:
-        return 0, 1
+def init_distributed(device: torch.device) -> tuple[torch.device, int, int]:
+    """Join the ``torchrun`` group when launched by it (NCCL on CUDA, gloo on CPU).
+
+    Returns this process's device (``cuda:LOCAL_RANK`` on CUDA), its rank and the world size.
+    """
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        device = torch.device("cuda", torch.cuda.current_device())
+    if "RANK" not in os.environ:
+        return device, 0, 1
     # a first run writes the beton on rank 0 while the others wait at a barrier: allow it time
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=2))
-    return dist.get_rank(), dist.get_world_size()
+    return device, dist.get_rank(), dist.get_world_size()
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``DistributedDataParallel`` under ``torchrun``, the bare model in a single process."""
+    if not dist.is_initialized():
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def build_train_loader(args: argparse.Namespace, rank: int) -> JiTLoader:
@@ -136,40 +147,43 @@ def train_one_epoch(model: torch.nn.Module, loader: JiTLoader, optimizer: torch.
         x, labels = x.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = flow_matching_loss(model, x, labels)
-        if not math.isfinite(loss.item()):
-            raise SystemExit(f"loss is {loss.item()}, stopping training")
+        record["loss"] = loss.item()
+        if not math.isfinite(record["loss"]):
+            raise SystemExit(f"loss is {record['loss']} at epoch step {step}, stopping training")
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         record["steps"] = step + 1
-        record["loss"] = loss.item()
     return record
+
+
+def append_record(args: argparse.Namespace, record: dict[str, Any], rank: int) -> None:
+    """``--log_samples``: append one epoch's record to ``OUTPUT_DIR/samples_rank{rank}.jsonl``."""
+    path = Path(args.output_dir) / f"samples_rank{rank}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
 def main(args: argparse.Namespace) -> None:
     """Set up the group, data, model and optimizer, resume, then train ``start_epoch .. epochs - 1``."""
     check_args(args)
-    device = torch.device(args.device)
-    rank, world = init_distributed(device)
+    device, rank, world = init_distributed(torch.device(args.device))
     torch.manual_seed(args.seed + rank)  # JiT's model seeding; the data order uses args.seed on every rank
     loader = build_train_loader(args, rank)
     model = TinyJiT(img_size=args.img_size, patch_size=args.patch_size, num_classes=args.class_num).to(device)
     lr = args.lr if args.lr is not None else args.blr * args.batch_size * world / 256
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95))
     load_checkpoint(args, model, optimizer)
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if dist.is_initialized() else model
-    samples_log = Path(args.output_dir) / f"samples_rank{rank}.jsonl"
+    ddp = wrap_ddp(model, device)
     for epoch in range(args.start_epoch, args.epochs):
         loader.sampler.set_epoch(epoch)  # always (JiT guards it with `if args.distributed`: see the README)
         order, batches = (list(loader.sampler), len(loader)) if args.log_samples else ([], 0)
         record = train_one_epoch(ddp, loader, optimizer, device, args)
         log.info("epoch %d: %d steps, loss %.4f", epoch, record["steps"], record.get("loss", float("nan")))
         if args.log_samples:
-            samples_log.parent.mkdir(parents=True, exist_ok=True)
-            with samples_log.open("a") as f:
-                f.write(json.dumps({"epoch": epoch, "rank": rank, "world_size": world, "len_loader": batches,
-                                    "order": order, **record}) + "\n")
+            append_record(args, {"epoch": epoch, "rank": rank, "world_size": world, "len_loader": batches,
+                                 "order": order, **record}, rank)
         if rank == 0 and args.output_dir and (epoch % args.save_last_freq == 0 or epoch + 1 == args.epochs):
             save_checkpoint(args, model, optimizer, epoch)
     if dist.is_initialized():
