@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import csv
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -59,6 +61,31 @@ def markdown(results: list[Result], sizes: Sequence[int], info: dict[str, Any], 
                f"{info['workers']} loader workers; python {info['python']}, torch {info['torch']}, ffcv {info['ffcv']}, "
                f"numba {info['numba']}, numpy {info['numpy']}, pillow {info['pillow']}.")
     return "\n".join(rows + ["", machine] + [f"- {n}" for n in notes])
+
+
+def ratio_table(results: Sequence[Result]) -> str:
+    """A short table: img/s of each result and its ratio to the first one (the reference)."""
+    base = results[0].img_per_s
+    rows = ["| pipeline | img/s | × reference |", "|---|---|---|"]
+    rows += [f"| {r.name} | {_fmt(r.img_per_s)} | {_fmt(r.img_per_s / base, 1)}× |" for r in results]
+    return "\n".join(rows)
+
+
+def save_results(results: list[Result], sizes: Sequence[int], info: dict[str, Any], notes: list[str], table: str,
+                 out: Path, chart_path: Path | None = None) -> Path:
+    """Write ``out``/results.md, .json, .csv and the chart (default ``out``/chart.png); returns the chart's path."""
+    (out / "results.md").write_text(table + "\n")
+    (out / "results.json").write_text(json.dumps({"machine": info, "results": [asdict(r) for r in results],
+                                                  "notes": notes}, indent=2))
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[k for k in asdict(results[0]) if k != "extra"])
+        writer.writeheader()
+        for r in results:
+            writer.writerow({k: v for k, v in asdict(r).items() if k != "extra"})
+    chart_path = chart_path or out / "chart.png"
+    chart_path.parent.mkdir(parents=True, exist_ok=True)
+    chart(results, sizes, chart_path)
+    return chart_path
 
 
 def chart(results: list[Result], sizes: Sequence[int], path: Path) -> None:
