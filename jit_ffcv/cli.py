@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--verify", action="store_true", help="also check the file's SHA-256")
     from jit_ffcv import bench, demo
 
-    demo.add_arguments(sub.add_parser("demo", parents=[common], help="write a small beton, load it, show a batch"))
+    demo.add_arguments(sub.add_parser("demo", parents=[common], help="write a beton, train a tiny JiT, compare img/s"))
     bench.add_arguments(sub.add_parser("bench", parents=[common], help="throughput: reference vs FFCV vs jit-ffcv"))
     return parser
 

@@ -136,7 +136,8 @@ def test_missing_dependency_is_one_line_from_the_command(tmp_path: Path) -> None
     (["--quality-table"], ["ffcv", "numba", "PIL"]),
     (["--pages"], ["ffcv", "numba", "PIL"]),
     (["--scale"], ["ffcv", "lightning", "numba"]),
-    (["--pipelines", "reference"], ["matplotlib", "psutil", "tqdm", "lightning", "numba", "PIL", "torch", "torch", "PIL"]),
+    (["--pipelines", "reference"],
+     ["matplotlib", "psutil", "tqdm", "lightning", "numba", "PIL", "torch", "torch", "PIL"]),
     (["--pipelines", "FFCV Loader, no flip, raw"],
      ["matplotlib", "psutil", "tqdm", "lightning", "numba", "PIL", "torch", "ffcv", "torch"]),
 ])
@@ -155,7 +156,8 @@ def test_bench_help_lists_every_pipeline(capsys: pytest.CaptureFixture[str]) -> 
         main(["bench", "--help"])
     assert exit_.value.code == 0
     lines = capsys.readouterr().out.splitlines()
-    listed = lines[lines.index("pipelines (--pipelines takes a part of a name; the reference is the ratio's base):") + 1:]
+    head = "pipelines (--pipelines takes a part of a name; the reference is the ratio's base):"
+    listed = lines[lines.index(head) + 1:]
     width = max(len(s.name) for s in bench.PIPELINES)
     assert listed == [f"  {s.name:<{width}}  {s.about}" for s in bench.PIPELINES]
     assert all(s.about for s in bench.PIPELINES)

@@ -66,7 +66,8 @@ def needed_modules(args: argparse.Namespace, specs: Sequence[Spec]) -> list[str]
         return ["ffcv", "lightning", "numba"]
     if args.pages or args.quality_table:
         return ["ffcv", "numba", "PIL"]
-    return [*BENCH_EXTRA, "tqdm", "lightning", "numba", "PIL", "torch", *(m for s in specs for m in KIND_MODULES[s.kind])]
+    pipelines = [m for s in specs for m in KIND_MODULES[s.kind]]
+    return [*BENCH_EXTRA, "tqdm", "lightning", "numba", "PIL", "torch", *pipelines]  # run_pipelines, machine_info
 
 
 def _check_dependencies(args: argparse.Namespace, specs: Sequence[Spec]) -> None:

@@ -62,7 +62,7 @@ KIND_MODULES: dict[str, tuple[str, ...]] = {
 
 
 def select(patterns: Sequence[str] | None) -> list[Spec]:
-    """The pipelines whose name contains one of ``patterns`` (all when none); a pattern that matches none is an error."""
+    """The pipelines whose name contains one of ``patterns`` (all if none); a pattern matching none is an error."""
     if not patterns:
         return list(PIPELINES)
     unmatched = [k for k in patterns if not any(k in s.name for s in PIPELINES)]
