@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect_beton.add_show_arguments(sub.add_parser(
         "show", parents=[common], help="save a PNG grid of decoded samples with their class names"))
 
-    demo.add_arguments(sub.add_parser("demo", parents=[common], help="write a small beton, load it, show a batch"))
+    demo.add_arguments(sub.add_parser("demo", parents=[common], help="write a beton, train a tiny JiT, compare img/s"))
     bench.add_arguments(sub.add_parser("bench", parents=[common], help="throughput: reference vs FFCV vs jit-ffcv"))
     return parser
 

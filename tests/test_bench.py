@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from io import BytesIO
 from pathlib import Path
 
@@ -95,3 +98,79 @@ def test_pages_report_counts(raw_beton: Path) -> None:
     assert sim[0].split("|")[3].strip() == "3,372" and sim[0].split("|")[4].strip() == "3,372"
     assert 1686 <= int(sim[1].split("|")[4].strip().replace(",", "")) <= 1688
     assert sim[1].split("|")[6].strip() == "3,372"  # a strided split reads every page on every rank
+
+
+def _bench_args(*argv: str) -> object:
+    from jit_ffcv.cli import build_parser
+
+    return build_parser().parse_args(["bench", *argv])
+
+
+def test_missing_bench_extra_fails_before_measuring(tiny_dataset: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what importlib sees when a module is not installed
+    out = tmp_path / "out"
+    args = _bench_args("--data-path", str(tiny_dataset), "--sizes", "32", "--pipelines", "reference", "--out", str(out))
+    with pytest.raises(SystemExit) as exit_:
+        bench.main(args)
+    assert exit_.value.code == ('jit-ffcv: error: jit-ffcv bench needs matplotlib (the chart), which is not installed: '
+                                'pip install -e ".[bench]" (or make install)')
+    assert not out.exists()  # nothing written, nothing measured
+
+
+def test_missing_dependency_is_one_line_from_the_command(tmp_path: Path) -> None:
+    """The console script's view: exit status 1 and exactly one line on stderr (the whole bench extra gone)."""
+    code = ("import sys; sys.modules['psutil'] = None; sys.modules['matplotlib'] = None\n"
+            "from jit_ffcv.cli import main\n"
+            f"sys.exit(main(['bench', '--out', {str(tmp_path / 'out')!r}]))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr == ('jit-ffcv: error: jit-ffcv bench needs matplotlib (the chart) and psutil (worker memory), '
+                           'which are not installed: pip install -e ".[bench]" (or make install)\n')
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("argv", "modules"), [
+    (["--mixing"], ["numpy"]),
+    (["--quality-table"], ["ffcv", "numba", "PIL"]),
+    (["--pages"], ["ffcv", "numba", "PIL"]),
+    (["--scale"], ["ffcv", "lightning", "numba"]),
+    (["--pipelines", "reference"],
+     ["matplotlib", "psutil", "tqdm", "lightning", "numba", "PIL", "torch", "torch", "PIL"]),
+    (["--pipelines", "FFCV Loader, no flip, raw"],
+     ["matplotlib", "psutil", "tqdm", "lightning", "numba", "PIL", "torch", "ffcv", "torch"]),
+])
+def test_needed_modules_follow_the_selection(argv: list[str], modules: list[str]) -> None:
+    from jit_ffcv.bench.cli import _specs, needed_modules
+
+    args = _bench_args(*argv)
+    specs = _specs(args) if argv[0] == "--pipelines" else []
+    assert needed_modules(args, specs) == modules
+
+
+def test_bench_help_lists_every_pipeline(capsys: pytest.CaptureFixture[str]) -> None:
+    from jit_ffcv.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--help"])
+    assert exit_.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    head = "pipelines (--pipelines takes a part of a name; the reference is the ratio's base):"
+    listed = lines[lines.index(head) + 1:]
+    width = max(len(s.name) for s in bench.PIPELINES)
+    assert listed == [f"  {s.name:<{width}}  {s.about}" for s in bench.PIPELINES]
+    assert all(s.about for s in bench.PIPELINES)
+
+
+def test_unknown_pipeline_is_refused_before_measuring(tiny_dataset: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from jit_ffcv.cli import main
+
+    out = tmp_path / "out"
+    assert main(["bench", "--data-path", str(tiny_dataset), "--sizes", "32", "--out", str(out),
+                 "--pipelines", "reference", "DataModule, jpg q80"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("jit-ffcv: error: --pipelines 'DataModule, jpg q80' matches no pipeline; give a part of one "
+                          "of: 'reference (PIL + DataLoader)'; 'FFCV Loader, no flip, jpg q90'; ")
+    assert err.count("\n") == 1 and not out.exists()

@@ -65,7 +65,7 @@ def build_scale_beton(src: Path, out: Path, num_samples: int, seed: int = 0) -> 
         split="train", img_size=src_meta.img_size, mode=src_meta.mode, quality=src_meta.quality,
         classes=[f"n{c:08d}" for c in range(IMAGENET_CLASSES)],
         class_counts=np.bincount(labels, minlength=IMAGENET_CLASSES).tolist(), num_samples=beton.count,
-        source=f"{src_meta.source} (payloads replicated to ImageNet-1k size by jit_ffcv.scale)",
+        source=f"{src_meta.source} (payloads replicated to ImageNet-1k size by jit_ffcv.bench.scale)",
         sha256=file_sha256(partial), size_bytes=partial.stat().st_size, payload_bytes=beton.payload_bytes,
         seconds=seconds, images_per_second=beton.count / max(seconds, 1e-9), num_workers=1,
         writer_version=src_meta.writer_version, sample_order="shuffled", shuffle_seed=seed,
@@ -76,7 +76,7 @@ def build_scale_beton(src: Path, out: Path, num_samples: int, seed: int = 0) -> 
 
 def source_beton(data_path: str | None, work: Path, workers: int) -> tuple[Path, str]:
     """A 256 px q90 beton of the real sample (else of the synthetic folder), written once into ``work``."""
-    from jit_ffcv.bench import build_betons, dataset_scan
+    from jit_ffcv.bench.data import build_betons, dataset_scan
 
     scan, source = dataset_scan(data_path, work)
     return build_betons(scan, 256, ["jpg90"], 1, work, workers, progress=False)["jpg90"], source
@@ -85,7 +85,7 @@ def source_beton(data_path: str | None, work: Path, workers: int) -> tuple[Path,
 # --------------------------------------------------------------------------- child processes
 def _own_peak_mib() -> float:
     """This process's peak resident memory (VmHWM) in MiB."""
-    from jit_ffcv.bench import _own_peak_mib as peak
+    from jit_ffcv.bench.measure import _own_peak_mib as peak
 
     return peak()
 
@@ -149,7 +149,7 @@ CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {"build": _chi
 def spawn(cfg: dict[str, Any]) -> dict[str, Any]:
     """Run ``CHILDREN[cfg['kind']]`` in a fresh interpreter and return its JSON result."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "jit_ffcv.scale", json.dumps(cfg)],
+    proc = subprocess.run([sys.executable, "-m", "jit_ffcv.bench.scale", json.dumps(cfg)],
                           capture_output=True, text=True, env=env, timeout=3600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -300,7 +300,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     """Build the ImageNet-size beton (cached under ``--out``), measure, print; update the README with --readme."""
-    from jit_ffcv.bench import update_readme
+    from jit_ffcv.bench.report import update_readme
 
     if args.scale_samples < 1 or args.scale_batches < 1:
         raise ValueError(f"--scale-samples and --scale-batches must be >= 1, got {args.scale_samples} "
