@@ -235,7 +235,7 @@ class JiTDataModule(pl.LightningDataModule):
         return (self.data_path / "val").is_dir()
 
     def _splits(self) -> list[str]:
-        """Splits to use: train always; val with ``val_beton``, else (no ``train_beton``) when its folder or beton exists."""
+        """Splits to use: train; val with ``val_beton``, or (no ``train_beton``) when its folder or beton exists."""
         if self._explicit["val"] is not None:
             return ["train", "val"]
         if self._explicit["train"] is not None:

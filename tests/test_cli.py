@@ -207,7 +207,8 @@ def test_dry_run_counts_exactly_and_writes_nothing(synthetic: SyntheticFolder, t
     assert lines[0] == f"train: 23 images in 4 classes -> {train}"
     assert lines[1:3] == ["  ignored (not an image extension): 1", "  skipped (unreadable): 3"]
     assert [line.split(": ")[0].strip() for line in lines[3:6]] == sorted(s.broken)
-    assert [line.split(": ")[1] for line in lines[3:6]] == ["OSError", "UnidentifiedImageError", "UnidentifiedImageError"]
+    reasons = [line.split(": ")[1] for line in lines[3:6]]
+    assert reasons == ["OSError", "UnidentifiedImageError", "UnidentifiedImageError"]
     assert lines[6] == "  samples: 20  (exact: every file was cropped and encoded)"
     assert lines[9] == f"val: 4 images in 4 classes -> {val}"
     assert lines[10:13] == ["  ignored (not an image extension): 0", "  skipped (unreadable): 0",
@@ -230,3 +231,11 @@ def test_dry_run_estimates_from_a_sample(synthetic: SyntheticFolder, capsys: pyt
     assert "estimated from 5 random files of 21 cropped and encoded" in out
     assert int(lines[2].split(": ")[1]) in (2, 3)  # empty + not-an-image, plus the truncated one if sampled
     assert not Path("/nonexistent").exists()
+
+
+def test_dry_run_sample_must_be_positive(synthetic: SyntheticFolder, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(write_args(synthetic.root, tmp_path / "x.beton", "--dry-run", "--sample", "0"), capsys)
+    assert code == 1 and one_error_line(err) == (
+        "jit-ffcv: error: sample must be >= 1, got 0 (files cropped per split for --dry-run's estimates)")
+    assert list(tmp_path.iterdir()) == []

@@ -112,7 +112,8 @@ def plan_split(
     errors = _header_errors(paths, num_workers)
     plan.skipped = [(p, e) for p, e in zip(paths, errors) if e is not None]
     readable = [i for i, e in enumerate(errors) if e is None]
-    chosen = sorted(np.random.default_rng(seed).choice(readable, size=min(sample, len(readable)), replace=False).tolist())
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(readable, size=min(sample, len(readable)), replace=False).tolist())
     sizes: list[int] = []
     start = time.perf_counter()
     for i in chosen:
