@@ -235,10 +235,8 @@ class JiTDataModule(pl.LightningDataModule):
         return (self.data_path / "val").is_dir()
 
     def _splits(self) -> list[str]:
-        """Splits to use: train; val with ``val_beton``, or (no ``train_beton``) when its folder or beton exists."""
-        if self._explicit["val"] is not None:
-            return ["train", "val"]
-        if self._explicit["train"] is not None:
+        """Splits to use: train; val when its folder or beton exists, unless ``train_beton`` is given alone."""
+        if self._explicit["train"] is not None and self._explicit["val"] is None:
             return ["train"]  # an explicit train beton alone: no validation, nothing written for val
         return ["train"] + (["val"] if self._has_val_source() or self.beton_path("val").exists() else [])
 
@@ -253,9 +251,10 @@ class JiTDataModule(pl.LightningDataModule):
                              path, split, self._default_path(split).name)
                 continue
             if not (self.data_path / split).is_dir():
+                others = f" (betons there that do not match: {search.explain()})" if search and search.rejected else ""
                 raise FileNotFoundError(
                     f"{path} does not exist and there is no {self.data_path / split} to write it from; "
-                    f"set data_path to the dataset root or {split}_beton to an existing beton"
+                    f"set data_path to the dataset root or {split}_beton to an existing beton{others}"
                 )
             if search is not None and search.rejected:
                 log.warning("writing %s: none of the betons in %s matches split=%s (%s)",
