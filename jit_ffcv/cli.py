@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {jit_ffcv.__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
-    beton.add_arguments(sub.add_parser("write", parents=[common], help="convert an ImageFolder split to a .beton"))
+    write_help = "convert ImageFolder splits (train, val) to .betons (--dry-run: plan only)"
+    beton.add_arguments(sub.add_parser("write", parents=[common], help=write_help))
     from jit_ffcv import bench, demo, inspect_beton
 
     inspect_beton.add_info_arguments(sub.add_parser(

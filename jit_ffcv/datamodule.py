@@ -12,6 +12,7 @@ feeds its model).
 from __future__ import annotations
 
 import argparse
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,18 +34,17 @@ from jit_ffcv.order import KINDS, QuasiRandomOrder, RandomOrder, SequentialOrder
 from writers.beton import DEFAULT_QUALITY, write_split
 from writers.cpus import usable_cpus
 from writers.encode import MODES
+from writers.find import Search, Wanted, find_betons
 from writers.metadata import BetonMetadata, BetonMismatchError, read_metadata, sidecar_path, verify_file
+from writers.output import beton_name, default_beton_dir
 
 __all__ = ["JiTDataModule", "create_jit_datamodule", "center_crop_arr", "beton_name"]
+
+log = logging.getLogger("jit_ffcv.datamodule")
 
 Order = Literal["quasi_random", "random", "sequential"]
 _ORDERS = {"quasi_random": QuasiRandomOrder, "random": RandomOrder, "sequential": SequentialOrder}
 _OUTPUTS = ("uint8", "float")
-
-
-def beton_name(split: str, img_size: int, mode: str, quality: int) -> str:
-    """Default file name of a beton, e.g. ``train_256_jpg90.beton`` or ``val_512_raw.beton``."""
-    return f"{split}_{img_size}_{mode}{quality if mode == 'jpg' else ''}.beton"
 
 
 @dataclass(frozen=True)
@@ -88,12 +88,16 @@ class JiTDataModule(pl.LightningDataModule):
         img_size: crop size (the ADM crop is applied once, when the beton is written).
         batch_size: per-device batch size.
         num_workers: decoding threads per process (FFCV uses threads, not processes); capped at numba's
-            thread limit (the number of cores), which FFCV would otherwise reject.
+            thread limit (the number of cores), which FFCV would otherwise reject. ``0`` (how JiT users
+            debug a ``DataLoader``) runs one decoding thread: same batches, one core.
         pin_memory: pin the batch buffers (page-locked, for fast non-blocking copies to CUDA); only
             possible when CUDA is present. ``False`` keeps them pageable.
         num_replicas, rank: sharding; by default from ``torch.distributed``, else the Trainer.
-        beton_dir: where betons live (default ``data_path/ffcv``; set it for read-only datasets).
-        train_beton, val_beton: explicit beton paths (override ``beton_dir`` naming).
+        beton_dir: where betons live (default ``data_path/ffcv``; set it for read-only datasets). A split's
+            beton is ``beton_name(...)`` there or, if that file does not exist, the one beton of the folder
+            whose sidecar matches split, size, mode, quality and source folder (any file name).
+        train_beton, val_beton: explicit beton paths (override ``beton_dir``). ``train_beton`` alone means
+            no validation: no val beton is looked for, demanded or written; pass ``val_beton`` too to validate.
         mode, quality: how missing betons are written (``jpg`` with JPEG ``quality``, or ``raw``).
         order: ``quasi_random`` (page-local, default), ``random`` or ``sequential``.
         os_cache: let the OS page cache hold the beton (True) or FFCV's bounded process cache.
@@ -143,7 +147,7 @@ class JiTDataModule(pl.LightningDataModule):
         super().__init__()
         img_size = _at_least("img_size", img_size, 32)
         batch_size = _at_least("batch_size", batch_size, 1)
-        num_workers = _at_least("num_workers", num_workers, 1)
+        num_workers = _at_least("num_workers", num_workers, 0)
         batches_ahead = _at_least("batches_ahead", batches_ahead, 1)
         seed = _in_range("seed", seed, 0, SEED_LIMIT)
         _choice("mode", mode, MODES)
@@ -173,7 +177,7 @@ class JiTDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.num_replicas = num_replicas
         self.rank = rank
-        self.beton_dir = Path(beton_dir) if beton_dir else self.data_path / "ffcv"
+        self.beton_dir = Path(beton_dir) if beton_dir else default_beton_dir(self.data_path)
         self.mode = mode
         self.quality = quality
         self.order = order
@@ -189,38 +193,72 @@ class JiTDataModule(pl.LightningDataModule):
         self.buffer_pages = buffer_pages
         self.channels_last = bool(channels_last)
         self.jpeg_decode = jpeg_decode
-        self._paths = {
-            "train": Path(train_beton) if train_beton else self.beton_dir / beton_name("train", img_size, mode, quality),
-            "val": Path(val_beton) if val_beton else self.beton_dir / beton_name("val", img_size, mode, quality),
-        }
+        self._explicit = {"train": Path(train_beton) if train_beton else None,
+                          "val": Path(val_beton) if val_beton else None}
+        self._paths: dict[str, Path] = {}  # betons opened by setup()
         self._meta: dict[str, BetonMetadata] = {}
         self._epoch: int | None = None
         self._train_loader: JiTLoader | None = None
 
     # ------------------------------------------------------------------ paths
     def beton_path(self, split: str) -> Path:
-        """Path of the beton used for ``split`` (``train`` or ``val``)."""
-        return self._paths[split]
+        """Path of the beton used for ``split`` (``train`` or ``val``): explicit, default name, or found."""
+        return self._locate(split)[0]
+
+    def _default_path(self, split: str) -> Path:
+        return self.beton_dir / beton_name(split, self.img_size, self.mode, self.quality)
+
+    def _locate(self, split: str) -> tuple[Path, Search | None]:
+        """The beton for ``split`` and, when it must be written under the default name, the search that found none.
+
+        Explicit ``{split}_beton`` wins, then the default name if that file exists, then the one beton of
+        ``beton_dir`` whose sidecar matches (:func:`writers.find.find_betons`); several matches are an error.
+        """
+        explicit = self._explicit[split]
+        if explicit is not None:
+            return explicit, None
+        default = self._default_path(split)
+        if default.exists():
+            return default, None
+        wanted = Wanted(split, self.img_size, self.mode, self.quality if self.mode == "jpg" else None,
+                        str((self.data_path / split).resolve()))
+        search = find_betons(self.beton_dir, wanted)
+        if len(search.matches) > 1:
+            raise BetonMismatchError(
+                f"several betons in {self.beton_dir} match split={split} img_size={self.img_size} mode={self.mode}"
+                f"{f' quality={self.quality}' if self.mode == 'jpg' else ''}: "
+                f"{', '.join(p.name for p in search.matches)}; pass {split}_beton= to choose one (or delete the others)"
+            )
+        return (search.matches[0], None) if search.matches else (default, search)
 
     def _has_val_source(self) -> bool:
         return (self.data_path / "val").is_dir()
 
     def _splits(self) -> list[str]:
-        """Splits available: train always, val when its folder or beton exists."""
-        return ["train"] + (["val"] if self._has_val_source() or self._paths["val"].exists() else [])
+        """Splits to use: train; val when its folder or beton exists, unless ``train_beton`` is given alone."""
+        if self._explicit["train"] is not None and self._explicit["val"] is None:
+            return ["train"]  # an explicit train beton alone: no validation, nothing written for val
+        return ["train"] + (["val"] if self._has_val_source() or self.beton_path("val").exists() else [])
 
     # ------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
         """Write the betons that do not exist yet (Lightning runs this once, on rank 0)."""
         for split in self._splits():
-            path = self._paths[split]
+            path, search = self._locate(split)
             if path.exists():
+                if path != self._default_path(split) and self._explicit[split] is None:
+                    log.info("using %s for split %s: its sidecar matches (%s is not there)",
+                             path, split, self._default_path(split).name)
                 continue
             if not (self.data_path / split).is_dir():
+                others = f" (betons there that do not match: {search.explain()})" if search and search.rejected else ""
                 raise FileNotFoundError(
                     f"{path} does not exist and there is no {self.data_path / split} to write it from; "
-                    f"set data_path to the dataset root or {split}_beton to an existing beton"
+                    f"set data_path to the dataset root or {split}_beton to an existing beton{others}"
                 )
+            if search is not None and search.rejected:
+                log.warning("writing %s: none of the betons in %s matches split=%s (%s)",
+                            path, self.beton_dir, split, search.explain())
             write_split(
                 self.data_path, split, path, img_size=self.img_size, mode=self.mode, quality=self.quality,
                 num_workers=self.write_workers if self.write_workers is not None else usable_cpus(),
@@ -230,7 +268,7 @@ class JiTDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Read and check the betons' metadata; refuse betons written with other settings."""
         for split in self._splits():
-            path = self._paths[split]
+            path = self.beton_path(split)
             if not path.exists():
                 raise FileNotFoundError(f"{path} not found: call prepare_data() first (Trainer.fit does)")
             meta = read_metadata(path)
@@ -241,6 +279,7 @@ class JiTDataModule(pl.LightningDataModule):
             if split == "train" and split not in self._meta:  # once per DataModule
                 warn_if_folder_order(meta, path)
             self._meta[split] = meta
+            self._paths[split] = path
 
     # ------------------------------------------------------------------ world
     def _world(self) -> _World:
@@ -314,7 +353,7 @@ class JiTDataModule(pl.LightningDataModule):
         return JiTLoader(
             str(self._paths[split]),
             batch_size=self.batch_size,
-            num_workers=min(self.num_workers, numba.config.NUMBA_NUM_THREADS),
+            num_workers=max(1, min(self.num_workers, numba.config.NUMBA_NUM_THREADS)),  # 0: one thread
             os_cache=self.os_cache,
             order=order,
             distributed=world.num_replicas > 1,

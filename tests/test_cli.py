@@ -131,3 +131,111 @@ def test_info_on_corrupt_sidecar(raw_beton: Path, tmp_path: Path, capsys: pytest
     Path(f"{beton}.json").write_text('{"format": "jit-ffcv-beton/1", ')
     code, _, err = run(["info", str(beton)], capsys)
     assert code == 1 and one_error_line(err).startswith(f"jit-ffcv: error: {beton}.json is not valid JSON")
+
+
+# --------------------------------------------------------------------------- #
+# write: several splits, --out-dir, --dry-run
+# --------------------------------------------------------------------------- #
+def tree(root: Path) -> list[tuple[str, int, int]]:
+    """Every path under ``root`` with its size and mtime: equal before and after means untouched."""
+    return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
+def test_write_makes_both_splits_where_the_datamodule_looks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from jit_ffcv.datamodule import JiTDataModule
+
+    s = make_image_folder(tmp_path / "d", num_classes=2, per_class=2, broken=False)
+    code, out, _ = run(["write", "--data-path", str(s.root), "--img-size", "32", "--mode", "raw", "--num-workers", "0"],
+                       capsys)
+    assert code == 0 and out.count("wrote ") == 2
+    betons = sorted(p.name for p in (s.root / "ffcv").iterdir())
+    assert betons == ["train_32_raw.beton", "train_32_raw.beton.json", "val_32_raw.beton", "val_32_raw.beton.json"]
+    before = tree(s.root / "ffcv")
+    dm = JiTDataModule(str(s.root), img_size=32, batch_size=2, num_workers=1, mode="raw", write_workers=0)
+    dm.prepare_data()  # finds both: writes nothing
+    dm.setup("fit")
+    assert tree(s.root / "ffcv") == before
+    assert (dm._meta["train"].num_samples, dm._meta["val"].num_samples) == (4, 1)
+
+
+def test_out_dir_and_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    s = make_image_folder(tmp_path / "d", num_classes=2, per_class=2, broken=False)
+    argv = ["write", "--data-path", str(s.root), "--img-size", "32", "--mode", "jpg", "--quality", "80",
+            "--num-workers", "0", "--out-dir", str(tmp_path / "b"), "--split", "val"]
+    assert run(argv, capsys)[0] == 0
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["val_32_jpg80.beton", "val_32_jpg80.beton.json"]
+    assert not (s.root / "ffcv").exists()
+
+
+def test_out_with_two_splits_is_refused(synthetic: SyntheticFolder, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(write_args(synthetic.root, tmp_path / "o" / "x.beton", "--split", "train", "val"), capsys)
+    assert code == 1 and one_error_line(err) == (
+        "jit-ffcv: error: --out names one file but 2 splits would be written (train val); pass --split train, "
+        "or --out-dir DIR for one beton per split")
+    assert not (tmp_path / "o").exists()
+    code, _, err = run(write_args(synthetic.root, tmp_path / "x.beton", "--out-dir", str(tmp_path)), capsys)
+    assert code == 2 and one_error_line(err).startswith(
+        "jit-ffcv: error: argument --out-dir: not allowed with argument --out")
+
+
+def test_existing_split_is_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    s = make_image_folder(tmp_path / "d", num_classes=2, per_class=2, broken=False)
+    argv = ["write", "--data-path", str(s.root), "--img-size", "32", "--mode", "raw", "--num-workers", "0"]
+    assert run([*argv, "--split", "train"], capsys)[0] == 0
+    before = tree(s.root / "ffcv")
+    code, _, err = run(argv, capsys)
+    train = s.root / "ffcv" / "train_32_raw.beton"
+    assert code == 1 and one_error_line(err) == (
+        f"jit-ffcv: error: {train} already exists; pass --force (force=True) to overwrite it, or choose another "
+        f"output; or pass --split val to write only the missing split")
+    assert tree(s.root / "ffcv") == before  # val was not written either
+    assert run([*argv, "--split", "val"], capsys)[0] == 0
+
+
+def test_dry_run_counts_exactly_and_writes_nothing(synthetic: SyntheticFolder, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Synthetic train: 23 image-named files (3 broken: empty, not an image, truncated), 1 README; val: 4 files."""
+    data = tmp_path / "d"
+    s = make_image_folder(data)
+    before = tree(data)
+    argv = ["write", "--data-path", str(data), "--img-size", "64", "--mode", "raw", "--num-workers", "2", "--dry-run"]
+    code, out, _ = run(argv, capsys)
+    assert code == 0 and tree(data) == before
+    lines = out.splitlines()
+    train, val = data / "ffcv" / "train_64_raw.beton", data / "ffcv" / "val_64_raw.beton"
+    assert lines[0] == f"train: 23 images in 4 classes -> {train}"
+    assert lines[1:3] == ["  ignored (not an image extension): 1", "  skipped (unreadable): 3"]
+    assert [line.split(": ")[0].strip() for line in lines[3:6]] == sorted(s.broken)
+    reasons = [line.split(": ")[1] for line in lines[3:6]]
+    assert reasons == ["OSError", "UnidentifiedImageError", "UnidentifiedImageError"]
+    assert lines[6] == "  samples: 20  (exact: every file was cropped and encoded)"
+    assert lines[9] == f"val: 4 images in 4 classes -> {val}"
+    assert lines[10:13] == ["  ignored (not an image extension): 0", "  skipped (unreadable): 0",
+                            "  samples: 4  (exact: every file was cropped and encoded)"]
+    assert lines[-1] == "dry run: nothing was written"
+    sizes = [int(line.split()[1].replace(",", "")) for line in lines if line.startswith("  size: ")]
+    assert run(argv[:-1], capsys)[0] == 0  # the real write: raw sizes are exact arithmetic
+    assert sizes == [train.stat().st_size, val.stat().st_size]
+    code, out, _ = run(argv, capsys)  # existing outputs are reported, not refused
+    assert code == 0 and out.splitlines()[0].endswith("(exists: the write needs --force)")
+
+
+def test_dry_run_estimates_from_a_sample(synthetic: SyntheticFolder, capsys: pytest.CaptureFixture[str]) -> None:
+    """--sample 5 of the 21 train files that pass the header check: counts are estimates, the header check is exact."""
+    argv = ["write", "--data-path", str(synthetic.root), "--img-size", "64", "--mode", "jpg", "--num-workers", "0",
+            "--dry-run", "--sample", "5", "--split", "train", "--out", "/nonexistent/x.beton"]
+    code, out, _ = run(argv, capsys)
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == "train: 23 images in 4 classes -> /nonexistent/x.beton"
+    assert "estimated from 5 random files of 21 cropped and encoded" in out
+    assert int(lines[2].split(": ")[1]) in (2, 3)  # empty + not-an-image, plus the truncated one if sampled
+    assert not Path("/nonexistent").exists()
+
+
+def test_dry_run_sample_must_be_positive(synthetic: SyntheticFolder, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(write_args(synthetic.root, tmp_path / "x.beton", "--dry-run", "--sample", "0"), capsys)
+    assert code == 1 and one_error_line(err) == (
+        "jit-ffcv: error: sample must be >= 1, got 0 (files cropped per split for --dry-run's estimates)")
+    assert list(tmp_path.iterdir()) == []

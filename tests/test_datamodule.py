@@ -284,7 +284,7 @@ def test_dataset_info(synthetic: SyntheticFolder, beton_dir: Path) -> None:
         ({"img_size": 16}, "img_size"),
         ({"img_size": 64.0}, "img_size"),
         ({"batch_size": 0}, "batch_size"),
-        ({"num_workers": 0}, "num_workers"),
+        ({"num_workers": -1}, "num_workers"),
         ({"num_replicas": 2, "rank": 2}, "rank"),
     ],
 )
@@ -496,3 +496,146 @@ def test_header_must_match_the_sidecar(tmp_path: Path, beton_dir: Path, key: str
     with pytest.raises(BetonMismatchError, match=message) as error:
         dm.setup("fit")
     assert str(beton) in str(error.value) and "train.beton.json" in str(error.value)
+
+
+# --------------------------------------------------------------------------- #
+# num_workers=0, explicit betons without val, betons under custom names
+# --------------------------------------------------------------------------- #
+def test_num_workers_zero_runs_one_thread(synthetic: SyntheticFolder, beton_dir: Path, reference: tuple) -> None:
+    """JiT's debugging value: one decoding thread, the very batches of any other count."""
+    ref_images, ref_labels = reference
+    dm = make_dm(synthetic, beton_dir, num_workers=0, flip_prob=0.5)
+    loader = dm.train_dataloader()
+    assert loader.num_workers == 1
+    order, images, labels, epoch = run_epoch(loader)
+    assert epoch == 0 and len(order) == N and images.shape == (N, 3, 64, 64)
+    assert np.array_equal(images, expected_images(ref_images, order, 0, 0.5))
+    assert labels.tolist() == ref_labels[order].tolist()
+    assert order == list(make_dm(synthetic, beton_dir, num_workers=2, flip_prob=0.5).train_dataloader().sampler)
+    args = argparse.Namespace(data_path=str(synthetic.root), img_size=64, batch_size=B, num_workers=0)
+    assert create_jit_datamodule(args).num_workers == 0
+
+
+class CountSteps(pl.LightningModule):
+    """Counts training and validation steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(3, 2)
+        self.steps = {"train": 0, "val": 0}
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        self.steps["train"] += 1
+        x, y = batch
+        return torch.nn.functional.cross_entropy(self.head(x.float().mean((2, 3))), y)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.steps["val"] += 1
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_train_beton_alone_means_no_validation(tmp_path: Path) -> None:
+    """data_path has val/, but only train_beton is given: nothing is written, demanded or validated for val."""
+    from jit_ffcv.synthetic import make_image_folder
+    from writers.beton import write_split
+
+    s = make_image_folder(tmp_path / "d", num_classes=2, per_class=4, broken=False)
+    train = tmp_path / "mine.beton"
+    write_split(s.root, "train", train, img_size=32, mode="raw", num_workers=0, progress=False)
+    dm = JiTDataModule(str(s.root), img_size=32, batch_size=2, num_workers=1, mode="raw", write_workers=0,
+                       train_beton=str(train))
+    dm.prepare_data()
+    dm.setup("fit")
+    assert sorted(dm._meta) == ["train"] and dm.val_dataloader() == []
+    assert not (s.root / "ffcv").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["d", "mine.beton",
+                                                                                              "mine.beton.json"]
+    model = CountSteps()
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=dm)
+    assert model.steps == {"train": 4, "val": 0}
+    assert not (s.root / "ffcv").exists()
+    with_val = JiTDataModule(str(s.root), img_size=32, batch_size=2, mode="raw", write_workers=0,
+                             train_beton=str(train), val_beton=str(tmp_path / "v.beton"))
+    with_val.prepare_data()  # val_beton given: written from data_path/val
+    with_val.setup("fit")
+    assert with_val._meta["val"].num_samples == 2
+
+
+@pytest.fixture()
+def custom(tmp_path: Path) -> tuple[Path, Path]:
+    """A dataset root and its ffcv/ folder holding one train beton under a custom name (64 px raw)."""
+    from jit_ffcv.synthetic import make_image_folder
+    from writers.beton import write_split
+
+    s = make_image_folder(tmp_path / "d", num_classes=2, per_class=2, broken=False, val=False)
+    write_split(s.root, "train", s.root / "ffcv" / "mine.beton", img_size=64, mode="raw", num_workers=0,
+                progress=False)
+    return s.root, s.root / "ffcv"
+
+
+def test_beton_under_a_custom_name_is_found(custom: tuple[Path, Path], caplog: pytest.LogCaptureFixture) -> None:
+    root, folder = custom
+    dm = JiTDataModule(str(root), img_size=64, batch_size=2, num_workers=1, mode="raw", write_workers=0)
+    with caplog.at_level("INFO", logger="jit_ffcv.datamodule"):
+        dm.prepare_data()
+    assert sorted(p.name for p in folder.iterdir()) == ["mine.beton", "mine.beton.json"]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"using {folder / 'mine.beton'} for split train: its sidecar matches (train_64_raw.beton is not there)"]
+    dm.setup("fit")
+    assert dm.beton_path("train") == folder / "mine.beton" and dm.get_dataset_info()["num_samples"] == 4
+
+
+@pytest.mark.parametrize("kwargs, why", [
+    ({"img_size": 32}, "img_size=64 (wanted 32)"),
+    ({"mode": "jpg", "quality": 90}, "mode='raw' (wanted 'jpg'), quality=None (wanted 90)"),
+])
+def test_mismatching_custom_beton_is_named_in_the_log(custom: tuple[Path, Path], caplog: pytest.LogCaptureFixture,
+                                                      kwargs: dict, why: str) -> None:
+    root, folder = custom
+    options: dict[str, Any] = dict(img_size=64, batch_size=2, num_workers=1, mode="raw", write_workers=0)
+    options.update(kwargs)
+    dm = JiTDataModule(str(root), **options)
+    with caplog.at_level("WARNING", logger="jit_ffcv.datamodule"):
+        dm.prepare_data()
+    written = dm.beton_path("train")
+    assert written != folder / "mine.beton" and written.is_file()
+    assert [r.getMessage() for r in caplog.records] == [
+        f"writing {written}: none of the betons in {folder} matches split=train (mine.beton: {why})"]
+
+
+def test_partial_or_foreign_custom_beton_is_not_used(custom: tuple[Path, Path], tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A --limit write and a beton of another folder match every setting but are not the whole split."""
+    from writers.beton import write_split
+
+    root, folder = custom
+    (folder / "mine.beton").unlink()
+    (folder / "mine.beton.json").unlink()
+    write_split(root, "train", folder / "part.beton", img_size=64, mode="raw", num_workers=0, progress=False, limit=3)
+    other = tmp_path / "other"
+    (other / "train").mkdir(parents=True)
+    (other / "train" / "n00000000").symlink_to(root / "train" / "n00000000")
+    write_split(other, "train", folder / "other.beton", img_size=64, mode="raw", num_workers=0, progress=False)
+    dm = JiTDataModule(str(root), img_size=64, batch_size=2, num_workers=1, mode="raw", write_workers=0)
+    with caplog.at_level("WARNING", logger="jit_ffcv.datamodule"):
+        dm.prepare_data()
+    assert dm.beton_path("train") == folder / "train_64_raw.beton"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"writing {folder / 'train_64_raw.beton'}: none of the betons in {folder} matches split=train "
+        f"(other.beton: source={str(other.resolve() / 'train')!r} (wanted {str(root.resolve() / 'train')!r}); "
+        f"part.beton: limit=3 (wanted None))"]
+
+
+def test_two_matching_custom_betons_are_an_error(custom: tuple[Path, Path]) -> None:
+    root, folder = custom
+    (folder / "copy.beton").write_bytes((folder / "mine.beton").read_bytes())
+    (folder / "copy.beton.json").write_bytes((folder / "mine.beton.json").read_bytes())
+    dm = JiTDataModule(str(root), img_size=64, batch_size=2, num_workers=1, mode="raw", write_workers=0)
+    with pytest.raises(BetonMismatchError, match=(
+            rf"^several betons in {folder} match split=train img_size=64 mode=raw: copy.beton, mine.beton; "
+            r"pass train_beton= to choose one \(or delete the others\)$")):
+        dm.prepare_data()
+    assert sorted(p.name for p in folder.glob("*.beton")) == ["copy.beton", "mine.beton"]

@@ -384,3 +384,13 @@ def test_beton_published_during_the_scan_is_used(synthetic: SyntheticFolder, tmp
     meta = write_split(synthetic.root, "train", out, img_size=32, mode="raw", num_workers=0, progress=False)
     assert meta.num_samples == 3 and out.read_bytes() == first.read_bytes()
     assert f"{out} was written by another process; using it" in caplog.text
+
+
+def test_sidecar_records_a_partial_write(synthetic: SyntheticFolder, tmp_path: Path) -> None:
+    """--limit N is recorded (the DataModule never takes such a beton for the whole split); N >= files is None."""
+    part = write_split(synthetic.root, "train", tmp_path / "p.beton", img_size=32, mode="raw", num_workers=0,
+                       progress=False, limit=7)
+    whole = write_split(synthetic.root, "train", tmp_path / "w.beton", img_size=32, mode="raw", num_workers=0,
+                        progress=False, limit=23)
+    assert (part.limit, part.num_samples, whole.limit, whole.num_samples) == (7, 6, None, 20)
+    assert read_metadata(tmp_path / "p.beton").limit == 7

@@ -51,6 +51,8 @@ class BetonMetadata:
     #: ImageFolder index in the ``index`` field; "folder": ImageFolder order (sidecars before the field)
     sample_order: str = "folder"
     shuffle_seed: int | None = None
+    #: ``--limit N``: only the first N files of ImageFolder order were written (None: the whole split)
+    limit: int | None = None
     crop: str = CROP_METHOD
     format: str = FORMAT
 

@@ -27,6 +27,23 @@ class BetonExistsError(OutputError):
     """A finished beton is already at the output path and overwriting was not asked for."""
 
 
+#: Folder of a dataset's betons, relative to its root (``JiTDataModule``'s ``beton_dir`` default).
+BETON_DIRNAME = "ffcv"
+
+
+def beton_name(split: str, img_size: int, mode: str, quality: int | None) -> str:
+    """Default file name of a beton, e.g. ``train_256_jpg90.beton`` or ``val_512_raw.beton``.
+
+    ``jit-ffcv write --out-dir`` and ``JiTDataModule`` both use it, so ``prepare_data`` finds what ``write`` made.
+    """
+    return f"{split}_{img_size}_{mode}{quality if mode == 'jpg' else ''}.beton"
+
+
+def default_beton_dir(data_path: str | os.PathLike) -> Path:
+    """Where betons of the dataset at ``data_path`` live by default: ``data_path/ffcv``."""
+    return Path(data_path) / BETON_DIRNAME
+
+
 def partial_path(out: Path) -> Path:
     """Hidden temporary name of ``out`` while it is written, unique per host and process."""
     return out.with_name(f".{out.name}.{socket.gethostname()}-{os.getpid()}.partial")
