@@ -104,37 +104,20 @@ def _encoded_in_order(
     # fork: workers start instantly and never re-import the caller's script (spawn would
     # re-run an unguarded one); they only use Pillow/NumPy, so inherited threads are harmless.
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    pool = ProcessPoolExecutor(max_workers=num_workers, mp_context=ctx, initializer=worker_init,
-                               initargs=(os.getpid(),))
-    pending: deque[Future[list[Encoded]]] = deque()
-    try:
-        for chunk in chunks:
-            pending.append(pool.submit(encode_chunk, chunk, img_size, mode, quality))
-            if len(pending) >= 4 * num_workers:
+    with ProcessPoolExecutor(max_workers=num_workers, mp_context=ctx, initializer=worker_init,
+                             initargs=(os.getpid(),)) as pool:
+        pending: deque[Future[list[Encoded]]] = deque()
+        todo = iter(chunks)
+        try:
+            for chunk in todo:
+                pending.append(pool.submit(encode_chunk, chunk, img_size, mode, quality))
+                if len(pending) >= 4 * num_workers:
+                    yield from pending.popleft().result()
+            while pending:
                 yield from pending.popleft().result()
-        while pending:
-            yield from pending.popleft().result()
-    finally:
-        for fut in pending:
-            fut.cancel()
-        _shutdown(pool)
-
-
-def _shutdown(pool: ProcessPoolExecutor) -> None:
-    """Stop ``pool`` and its workers, also when a signal hit ``submit`` while the pool was starting.
-
-    Then the workers were forked but the pool's manager thread never started, and ``shutdown``
-    raises ``RuntimeError: cannot join thread before it is started``, which would replace the
-    Ctrl-C or SIGTERM being handled; the workers are terminated here instead.
-    """
-    try:
-        pool.shutdown(wait=True)
-    except RuntimeError:
-        workers = list((getattr(pool, "_processes", None) or {}).values())  # CPython's pool, no public API
-        for proc in workers:
-            proc.terminate()
-        for proc in workers:
-            proc.join(5)
+        finally:
+            for fut in pending:
+                fut.cancel()
 
 
 class _AllocationTable:
