@@ -8,6 +8,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import process
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ import pytest
 from jit_ffcv.synthetic import make_image_folder
 from tests.procs import ROOT, alive, children, is_tracker, kill_all, shm_segments, start, wait_for
 from writers.beton import write_split
+from writers.lifecycle import Terminated
 from writers.metadata import read_metadata, sidecar_path
 
 PREPARE = """
@@ -98,3 +102,38 @@ def test_sigterm_cleans_up_like_ctrl_c(data: Path, tmp_path: Path) -> None:
     assert proc.wait(timeout=60) == -signal.SIGTERM  # died of SIGTERM, after cleaning up
     _assert_no_leak(pids, segments)
     assert os.listdir(out.parent) == []  # no beton, sidecar, partial or lock
+
+
+@pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
+def test_signal_while_the_pool_starts_reaches_the_caller(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          signum: int, raised: type[BaseException]) -> None:
+    """A signal between the pool's fork of its workers and the start of its manager thread.
+
+    Unheld, it interrupted the pool's start, whose shutdown then raised 'cannot join thread
+    before it is started' in place of the Ctrl-C / SIGTERM (seen once in a loaded CI run).
+    """
+    start_thread = process._ExecutorManagerThread.start
+
+    def signal_then_start(thread: threading.Thread) -> None:
+        os.kill(os.getpid(), signum)  # the workers are forked, the manager thread not yet started
+        start_thread(thread)
+
+    monkeypatch.setattr(process._ExecutorManagerThread, "start", signal_then_start)
+    monkeypatch.setattr(os, "kill", _no_self_sigterm(os.kill))  # Terminated re-raises SIGTERM at the end
+    out = tmp_path / "out" / "train.beton"
+    with pytest.raises(raised):
+        write_split(data, "train", out, img_size=32, mode="raw", num_workers=2, progress=False)
+    assert os.listdir(out.parent) == []  # no beton, sidecar, partial or lock
+
+
+def _no_self_sigterm(kill: Callable[[int, int], None]) -> Callable[[int, int], None]:
+    """``os.kill`` that lets the test's own SIGINT/SIGTERM through once, then drops the re-delivered SIGTERM."""
+    sent: list[int] = []
+
+    def wrapped(pid: int, signum: int) -> None:
+        if pid == os.getpid() and signum == signal.SIGTERM and sent:
+            return  # sigterm_raises re-delivers SIGTERM to die of it: not in a test process
+        sent.append(signum)
+        kill(pid, signum)
+
+    return wrapped

@@ -33,7 +33,7 @@ from jit_ffcv.mixing import sample_permutation
 from writers.cpus import usable_cpus
 from writers.encode import MODES, Encoded, encode_chunk
 from writers.folder import FolderScan, find_classes, scan_split
-from writers.lifecycle import sigterm_raises, worker_init
+from writers.lifecycle import signals_deferred, sigterm_raises, worker_init
 from writers.lock import WriteLock
 from writers.metadata import BetonMetadata, file_sha256, read_metadata, sidecar_path
 from writers.output import (
@@ -109,7 +109,11 @@ def _encoded_in_order(
         pending: deque[Future[list[Encoded]]] = deque()
         todo = iter(chunks)
         try:
-            for chunk in todo:
+            for i, chunk in enumerate(todo):
+                if i == 0:  # the pool starts here: a signal must wait until it has (see signals_deferred)
+                    with signals_deferred():
+                        pending.append(pool.submit(encode_chunk, chunk, img_size, mode, quality))
+                    continue
                 pending.append(pool.submit(encode_chunk, chunk, img_size, mode, quality))
                 if len(pending) >= 4 * num_workers:
                     yield from pending.popleft().result()

@@ -74,3 +74,29 @@ def sigterm_raises() -> Iterator[None]:
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def signals_deferred(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM are held; they are delivered right after it.
+
+    For a step a signal must not cut in two: a process pool's first ``submit`` forks its
+    workers, then starts its manager thread, and interrupted between the two the pool can no
+    longer shut down (``cannot join thread before it is started``, which would replace the
+    Ctrl-C or SIGTERM). Only the main thread can hold signals (elsewhere this does nothing).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {s: signal.getsignal(s) for s in signums}
+    previous = {s: h for s, h in previous.items() if h not in (None, signal.SIG_IGN)}
+    for signum in previous:
+        signal.signal(signum, lambda received, frame: held.append(received))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in held:
+            signal.raise_signal(signum)  # now handled as usual: KeyboardInterrupt, Terminated, or death
