@@ -51,8 +51,8 @@ class JiTLoader(Loader):
     """FFCV ``Loader`` with ``set_epoch``, a ``sampler`` view and an epoch cell for seeded ops.
 
     Each epoch is an :class:`~jit_ffcv.epoch.Epoch` decoded by the loader's one
-    :class:`~jit_ffcv.epoch.DecodeThread` (errors reach ``next()``, closing never hangs), one epoch at a time: starting a new iterator ends the previous one, which then
-    raises instead of returning another epoch's batches. The batch buffers are kept from one epoch
+    :class:`~jit_ffcv.epoch.DecodeThread` (errors reach ``next()``, closing never hangs), one epoch
+    at a time: starting a new iterator ends the previous one, which then raises instead of returning another epoch's batches. The batch buffers are kept from one epoch
     to the next: FFCV allocates fresh ones every epoch and pays a first-touch page fault for every
     4 KiB of them, a visible cost on short epochs. ``pin_memory=False`` keeps them pageable.
     """

@@ -20,7 +20,7 @@ import os
 import sys
 import time
 from collections import deque
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -110,11 +110,9 @@ def _encoded_in_order(
         todo = iter(chunks)
         try:
             for i, chunk in enumerate(todo):
-                if i == 0:  # the pool starts here: a signal must wait until it has (see signals_deferred)
-                    with signals_deferred():
-                        pending.append(pool.submit(encode_chunk, chunk, img_size, mode, quality))
-                    continue
-                pending.append(pool.submit(encode_chunk, chunk, img_size, mode, quality))
+                # the first submit starts the pool: a signal must wait until it has (see signals_deferred)
+                with signals_deferred() if i == 0 else nullcontext():
+                    pending.append(pool.submit(encode_chunk, chunk, img_size, mode, quality))
                 if len(pending) >= 4 * num_workers:
                     yield from pending.popleft().result()
             while pending:
