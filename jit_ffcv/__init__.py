@@ -10,10 +10,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from writers import __version__  # one version for both packages
 
 _EXPORTS: dict[str, str] = {
-    "center_crop_arr": "jit_ffcv.crop",
+    "center_crop_arr": "writers.crop",
     "JiTDataModule": "jit_ffcv.datamodule",
     "create_jit_datamodule": "jit_ffcv.datamodule",
     "QuasiRandomOrder": "jit_ffcv.order",

@@ -22,10 +22,10 @@ import numba
 import numpy as np
 import torch
 
-from jit_ffcv._ffcv import (
+from writers.ffcv_api import (
     IntDecoder, Operation, Reader, Squeeze, ToDevice, ToTensor, ToTorchImage,
 )
-from jit_ffcv.crop import center_crop_arr
+from writers.crop import center_crop_arr
 from jit_ffcv.jpeg import decode_flags
 from jit_ffcv.loader import JiTLoader
 from jit_ffcv.mixing import warn_if_folder_order

@@ -32,9 +32,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from jit_ffcv._ffcv import Compiler  # first: imports FFCV without its side effect on torch's threads
-from ffcv.loader.epoch_iterator import EpochIterator  # noqa: E402, I001
-from ffcv.utils import chunks  # noqa: E402
+from writers.ffcv_api import Compiler, chunks, run_pipeline
 
 if TYPE_CHECKING:
     from jit_ffcv.loader import JiTLoader
@@ -117,7 +115,7 @@ class Epoch:
     #: seconds between checks of the stop flag while waiting on the queue (bounds close() latency)
     POLL_S = 0.05
     #: FFCV's decoding step of one batch (duck-typed: it reads the attributes set in __init__)
-    run_pipeline = EpochIterator.run_pipeline
+    run_pipeline = run_pipeline
 
     def __init__(self, loader: JiTLoader, order: Sequence[int], epoch: int) -> None:
         self.loader = loader

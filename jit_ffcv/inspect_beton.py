@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw, ImageFont
 from writers.metadata import BetonMetadata, read_metadata, verify_file
 
 if TYPE_CHECKING:
-    from jit_ffcv._ffcv import Reader
+    from writers.ffcv_api import Reader
 
 __all__ = ["Sample", "ClassCounts", "GridLayout", "add_info_arguments", "add_show_arguments", "caption",
            "class_counts", "grid_layout", "info_main", "load_samples", "payload_sizes", "pick_ids",
@@ -40,7 +40,7 @@ BACKGROUND, INK = (255, 255, 255), (0, 0, 0)
 # ------------------------------------------------------------------------------------------- fields
 def _reader(beton: str | Path | Reader) -> Reader:
     """FFCV's ``Reader`` of ``beton`` (a path, or a reader already open)."""
-    from jit_ffcv._ffcv import Reader
+    from writers.ffcv_api import Reader
 
     return beton if isinstance(beton, Reader) else Reader(str(beton))
 
@@ -190,7 +190,7 @@ def pick_ids(num_samples: int, n: int, seed: int, indices: Sequence[int] | None 
 
 def load_samples(beton: str | Path, ids: np.ndarray, meta: BetonMetadata) -> list[Sample]:
     """Decode samples ``ids`` in one batch of a :class:`JiTLoader` with the val decoder (no flip)."""
-    from jit_ffcv._ffcv import IntDecoder
+    from writers.ffcv_api import IntDecoder
     from jit_ffcv.loader import JiTLoader
     from jit_ffcv.ops import FlipDecoder
     from jit_ffcv.order import SequentialOrder

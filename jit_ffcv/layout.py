@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 from numba import njit
 
-from jit_ffcv._ffcv import AllocationQuery, Compiler, Operation, State
+from writers.ffcv_api import AllocationQuery, Compiler, Operation, State
 
 __all__ = ["ToCHW", "chw_copy", "chw_mirror", "compile_chw_copy", "compile_to_chw", "hwc_to_chw"]
 

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from jit_ffcv._ffcv import AllocationQuery, Compiler, Loader
+from writers.ffcv_api import AllocationQuery, Compiler, Loader
 from jit_ffcv.epoch import DecodeThread, Epoch
 from jit_ffcv.ops import EpochCell
 from jit_ffcv.resume import ResumeTracker

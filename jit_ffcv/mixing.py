@@ -2,7 +2,7 @@
 
 A quasi-random order reads each rank's ~1/W of the pages, so a batch can only
 hold the classes of the pages in its buffer. ImageFolder order is class-sorted
-(a page of ~370 images holds one or two classes), so the writer stores samples in
+(a page of ~380 images holds one or two classes), so the writer stores samples in
 a seeded permutation (:func:`sample_permutation`) and keeps each sample's
 ImageFolder index in an ``index`` field. This module measures the result against
 a uniform shuffle (:func:`class_mixing`, ``jit-ffcv bench --mixing``) and warns
@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from jit_ffcv.imagenet import SAMPLES_PER_PAGE
+from writers.shuffle import sample_permutation
+
 if TYPE_CHECKING:
     from writers.metadata import BetonMetadata
 
 __all__ = [
-    "SAMPLES_PER_PAGE",
     "FolderOrderWarning",
     "MixingStats",
-    "sample_permutation",
     "distinct_per_batch",
     "uniform_distinct",
     "simulated_layout",
@@ -35,19 +36,9 @@ __all__ = [
     "warn_if_folder_order",
 ]
 
-#: Samples per 8 MiB FFCV page for 256 px JPEG q90 crops (~22 KiB each, README table).
-SAMPLES_PER_PAGE = 370
-
 
 class FolderOrderWarning(UserWarning):
     """A beton stores its samples in class-sorted ImageFolder order."""
-
-
-def sample_permutation(num_samples: int, seed: int) -> np.ndarray:
-    """The writer's stored order: position ``p`` of the beton holds ImageFolder sample ``perm[p]``."""
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"shuffle_seed must be an integer >= 0 (or None to keep folder order), got {seed!r}")
-    return np.random.default_rng(np.random.SeedSequence([int(seed), 0x5A4D])).permutation(num_samples)
 
 
 def distinct_per_batch(labels: np.ndarray, batch_size: int) -> np.ndarray:

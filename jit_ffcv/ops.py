@@ -30,7 +30,7 @@ import torch
 from numba import njit, types
 from numba.extending import intrinsic
 
-from jit_ffcv._ffcv import (
+from writers.ffcv_api import (
     IMAGE_MODES,
     AllocationQuery,
     Compiler,

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, Union
 
 import numpy as np
 
-from jit_ffcv._ffcv import TraversalOrder
+from writers.ffcv_api import TraversalOrder
 
 if TYPE_CHECKING:
-    from ffcv.loader.loader import Loader
+    from writers.ffcv_api import Loader
 
 __all__ = [
     "KINDS",

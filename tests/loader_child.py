@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jit_ffcv._ffcv import Compiler, IntDecoder, Operation, SimpleRGBImageDecoder, State, ToTensor
+from writers.ffcv_api import Compiler, IntDecoder, Operation, SimpleRGBImageDecoder, State, ToTensor
 from jit_ffcv.epoch import DecodeThread
 from jit_ffcv.layout import ToCHW
 from jit_ffcv.loader import JiTLoader

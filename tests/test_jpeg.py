@@ -203,7 +203,7 @@ def test_val_loader_decodes_exactly(synthetic, jpg_beton: Path, tmp_path: Path) 
 
 CORRUPT_SCRIPT = """
 import os, sys, threading
-from jit_ffcv._ffcv import IntDecoder, Loader
+from writers.ffcv_api import IntDecoder, Loader
 from ffcv.loader import OrderOption
 from jit_ffcv.ops import FlipDecoder
 
@@ -225,7 +225,7 @@ print("DECODED", batches, "batches", flush=True)
 
 def test_corrupt_payload_raises_naming_the_sample(jpg_beton: Path, tmp_path: Path) -> None:
     """A payload whose JPEG header is broken is an error naming sample 7, not garbage pixels or a crash."""
-    from jit_ffcv._ffcv import Reader
+    from writers.ffcv_api import Reader
 
     beton = tmp_path / "corrupt.beton"
     shutil.copy(jpg_beton, beton)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import jit_ffcv.epoch
-from jit_ffcv._ffcv import AllocationQuery, DatasetWriter, IntField, RGBImageField, SimpleRGBImageDecoder
+from writers.ffcv_api import AllocationQuery, DatasetWriter, IntField, RGBImageField, SimpleRGBImageDecoder
 from jit_ffcv.loader import _allocate
 from tests.conftest import read_beton
 from tests.loader_child import BAD_INDEX, make_loader

@@ -14,10 +14,10 @@ from jit_ffcv.mixing import (
     FolderOrderWarning,
     class_mixing,
     distinct_per_batch,
-    sample_permutation,
     simulated_layout,
     uniform_distinct,
 )
+from writers.shuffle import sample_permutation
 from jit_ffcv.order import epoch_order, max_open_pages, pages_touched, reader_sample_pages
 from writers.beton import _partial_beton, read_indices, read_payloads, write_split
 from writers.folder import scan_split

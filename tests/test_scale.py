@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jit_ffcv import bench
-from jit_ffcv.mixing import sample_permutation
+from writers.shuffle import sample_permutation
 from jit_ffcv.order import _dense_page_ids, _stable_argsort_small, epoch_order, epoch_orders
 from jit_ffcv.bench.scale import build_scale_beton, imagenet_labels
 from jit_ffcv.synthetic import make_image_folder
@@ -92,7 +92,7 @@ def test_writer_keeps_no_python_object_per_sample(tmp_path: Path) -> None:
         grown = tracemalloc.get_traced_memory()[0] - before
         tracemalloc.stop()
     assert grown < 10 * n, f"writer memory grew {grown / n:.0f} B/sample"
-    from jit_ffcv._ffcv import Reader
+    from writers.ffcv_api import Reader
 
     table = Reader(str(beton.path)).alloc_table
     np.testing.assert_array_equal(table["sample_id"], np.arange(n))

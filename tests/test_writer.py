@@ -11,7 +11,7 @@ import pytest
 
 from jit_ffcv.synthetic import SyntheticFolder, make_image_folder
 from tests.conftest import SMALL, read_beton, shared_sample
-from jit_ffcv.mixing import sample_permutation
+from writers.shuffle import sample_permutation
 from writers.beton import BadImageError, read_indices, read_payloads, replicate_beton, write_split
 from writers.encode import crop_file
 from writers.folder import DatasetLayoutError

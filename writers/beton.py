@@ -28,8 +28,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
-import jit_ffcv
-from jit_ffcv.mixing import sample_permutation
+from writers.shuffle import sample_permutation
+from writers import __version__
 from writers.cpus import usable_cpus
 from writers.encode import MODES, Encoded, encode_chunk
 from writers.folder import FolderScan, find_classes, scan_split
@@ -167,9 +167,7 @@ class _BetonFile:
     """
 
     def __init__(self, path: Path, capacity: int, mode: str, quality: int, index_field: bool = True) -> None:
-        # FFCV only through jit_ffcv._ffcv, and first: it picks numba's threading layer before FFCV starts one.
-        from jit_ffcv._ffcv import IMAGE_MODES, DatasetWriter, IntField, MemoryAllocator, RGBImageField
-        from ffcv.types import ALLOC_TABLE_TYPE  # isort: skip
+        from writers.ffcv_api import ALLOC_TABLE_TYPE, IMAGE_MODES, DatasetWriter, IntField, MemoryAllocator, RGBImageField
 
         self.path = path
         fields = {"image": RGBImageField(write_mode=mode, jpeg_quality=quality), "label": IntField()}
@@ -381,7 +379,7 @@ def _write_beton(
         seconds=round(seconds, 3),
         images_per_second=round(len(tasks) / seconds, 1) if seconds > 0 else 0.0,
         num_workers=num_workers,
-        writer_version=jit_ffcv.__version__,
+        writer_version=__version__,
         sample_order="folder" if shuffle_seed is None else "shuffled",
         shuffle_seed=shuffle_seed,
         limit=limit if limit is not None and limit < len(scan.samples) else None,  # None: the whole split
@@ -392,7 +390,7 @@ def _write_beton(
 
 def read_payloads(beton: str | os.PathLike, limit: int | None = None) -> tuple[list[bytes], np.ndarray]:
     """Stored image payloads (JPEG or raw bytes) and labels of a beton, in sample order (first ``limit``)."""
-    from jit_ffcv._ffcv import Reader
+    from writers.ffcv_api import Reader
 
     reader = Reader(str(beton))
     table = reader.alloc_table
@@ -405,7 +403,7 @@ def read_payloads(beton: str | os.PathLike, limit: int | None = None) -> tuple[l
 
 def read_indices(beton: str | os.PathLike) -> np.ndarray | None:
     """ImageFolder index of every stored sample (its ``index`` field), or None for betons written without it."""
-    from jit_ffcv._ffcv import Reader
+    from writers.ffcv_api import Reader
 
     reader = Reader(str(beton))
     names = list(reader.handlers)

@@ -88,8 +88,7 @@ def beton_size(capacity: int, count: int, payload_bytes: float, mode: str, quali
     included), padded to a page; whole 8 MiB pages, each holding as many samples as fit; an
     allocation table with one row per sample. Exact for raw mode (every payload has one size).
     """
-    from jit_ffcv._ffcv import IntField, RGBImageField  # FFCV through jit_ffcv._ffcv first (threading layer)
-    from ffcv.types import ALLOC_TABLE_TYPE, FieldDescType, HeaderType, get_metadata_type  # isort: skip
+    from writers.ffcv_api import ALLOC_TABLE_TYPE, FieldDescType, HeaderType, IntField, RGBImageField, get_metadata_type
 
     fields = [RGBImageField(write_mode=mode, jpeg_quality=quality), IntField(), IntField()]
     head = HeaderType.itemsize + len(fields) * FieldDescType.itemsize + capacity * get_metadata_type(fields).itemsize

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from jit_ffcv.crop import center_crop_arr
+from writers.crop import center_crop_arr
 
 MODES: tuple[str, ...] = ("raw", "jpg")
 

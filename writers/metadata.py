@@ -47,7 +47,7 @@ class BetonMetadata:
     images_per_second: float = 0.0
     num_workers: int = 1
     writer_version: str = ""
-    #: "shuffled": stored in ``jit_ffcv.mixing.sample_permutation(N, shuffle_seed)`` order, each sample's
+    #: "shuffled": stored in ``writers.shuffle.sample_permutation(N, shuffle_seed)`` order, each sample's
     #: ImageFolder index in the ``index`` field; "folder": ImageFolder order (sidecars before the field)
     sample_order: str = "folder"
     shuffle_seed: int | None = None

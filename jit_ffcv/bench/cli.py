@@ -191,7 +191,7 @@ def _measure_size(args: argparse.Namespace, specs: list[Spec], scan: FolderScan,
 def _writer_and_memory_notes(scan: FolderScan, args: argparse.Namespace, work: Path) -> list[str]:
     """Writer speed-up from 1 to N workers and loader RSS for two beton sizes (process cache)."""
     notes = []
-    imagenet = 1_281_167
+    from jit_ffcv.imagenet import TRAIN_SAMPLES as imagenet
     for size in args.sizes:
         rates = writer_rates(scan, size, work, sorted({1, args.workers}))
         r1, rn = rates[1], rates[max(rates)]

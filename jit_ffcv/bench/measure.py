@@ -72,7 +72,7 @@ def payload_rate_one_core(payloads: Sequence[bytes], size: int, jpg: bool, secon
     """
     from numba import njit
 
-    from jit_ffcv._ffcv import Compiler, memcpy
+    from writers.ffcv_api import Compiler, memcpy
     from jit_ffcv.jpeg import decode_flags, decode_rgb
 
     flat = np.frombuffer(b"".join(payloads), dtype=np.uint8)

@@ -7,6 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
+from jit_ffcv.imagenet import SAMPLES_PER_PAGE, TRAIN_SAMPLES
+
 
 def pages_report(beton: Path | None, worlds: Sequence[int] = (1, 2, 8), seed: int = 0) -> str:
     """Markdown table: pages each rank reads per epoch, quasi-random vs DistributedSampler-style.
@@ -14,14 +16,14 @@ def pages_report(beton: Path | None, worlds: Sequence[int] = (1, 2, 8), seed: in
     Uses the page of every sample in ``beton`` if given, and a simulated ImageNet-1k
     train beton (1,281,167 samples, 380 per 8 MiB page, about 22 KiB each at 256 q90).
     """
-    from jit_ffcv._ffcv import Reader
+    from writers.ffcv_api import Reader
     from jit_ffcv.order import epoch_order, max_open_pages, pages_touched, reader_sample_pages
 
     layouts: list[tuple[str, np.ndarray]] = []
     if beton is not None:
         page = reader_sample_pages(Reader(str(beton)))
         layouts.append((f"{beton.name} ({len(page):,} samples)", page))
-    layouts.append(("simulated ImageNet-1k 256 q90 (1,281,167 samples)", np.arange(1_281_167) // 380))
+    layouts.append((f"simulated ImageNet-1k 256 q90 ({TRAIN_SAMPLES:,} samples)", np.arange(TRAIN_SAMPLES) // SAMPLES_PER_PAGE))
     rows = ["| beton | W | pages in file | quasi-random: pages per rank (max) | max open pages | "
             "strided DistributedSampler: pages per rank |", "|---|---|---|---|---|---|"]
     for name, page in layouts:

@@ -100,7 +100,7 @@ def _reference_epochs(cfg: dict[str, Any]) -> Callable[[int], int]:
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-    from jit_ffcv.crop import center_crop_arr
+    from writers.crop import center_crop_arr
     from writers.encode import load_rgb
 
     class Reference(Dataset):
@@ -132,10 +132,8 @@ def _reference_epochs(cfg: dict[str, Any]) -> Callable[[int], int]:
 
 def _ffcv_epochs(cfg: dict[str, Any]) -> Callable[[int], int]:
     """A bare FFCV Loader as its docs suggest: QUASI_RANDOM, FFCV's own flip."""
-    from ffcv.fields.basics import IntDecoder
-    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
-    from ffcv.loader import Loader, OrderOption
-    from ffcv.transforms import RandomHorizontalFlip, Squeeze, ToTensor, ToTorchImage
+    from writers.ffcv_api import (IntDecoder, Loader, OrderOption, RandomHorizontalFlip, SimpleRGBImageDecoder, Squeeze,
+                                  ToTensor, ToTorchImage)
 
     image = [SimpleRGBImageDecoder()] + ([RandomHorizontalFlip()] if cfg["flip"] else []) + [ToTensor(), ToTorchImage()]
     loader = Loader(cfg["beton"], batch_size=cfg["batch_size"], num_workers=cfg["workers"], os_cache=True,

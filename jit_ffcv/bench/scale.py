@@ -22,8 +22,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-IMAGENET_TRAIN: int = 1_281_167
-IMAGENET_CLASSES: int = 1000
+
+from jit_ffcv.imagenet import NUM_CLASSES as IMAGENET_CLASSES
+from jit_ffcv.imagenet import TRAIN_SAMPLES as IMAGENET_TRAIN
+
 BATCH_SIZE: int = 128
 WORLDS: tuple[int, ...] = (1, 8, 64)
 
@@ -44,7 +46,7 @@ def build_scale_beton(src: Path, out: Path, num_samples: int, seed: int = 0) -> 
     payload is ``src``'s sample ``perm[p] % len(src)``. No decoding: pages are filled by memory copies
     and written 8 MiB at a time. Returns the published sidecar's metadata.
     """
-    from jit_ffcv.mixing import sample_permutation
+    from writers.shuffle import sample_permutation
     from writers.beton import _partial_beton, _publish, read_payloads
     from writers.metadata import BetonMetadata, file_sha256, read_metadata
 
@@ -102,7 +104,7 @@ def _child_build(cfg: dict[str, Any]) -> dict[str, Any]:
     """Build in this process, sampling its RSS every 0.1 s (FFCV's import peaks higher than a small write)."""
     import threading
 
-    import jit_ffcv._ffcv  # noqa: F401 - imports (numba compilation) done before the baseline
+    import writers.ffcv_api  # noqa: F401 - imports (numba compilation) done before the baseline
     from writers.beton import read_payloads
 
     read_payloads(cfg["src"])
@@ -220,7 +222,7 @@ class Row:
 
 def measure(beton: Path, small: Path | None, src: Path, args: argparse.Namespace) -> list[Row]:
     """Build (unless cached) and measure; returns the table rows."""
-    from jit_ffcv._ffcv import Reader
+    from writers.ffcv_api import Reader
     from jit_ffcv.order import epoch_order, reader_sample_pages
 
     rows: list[Row] = []
