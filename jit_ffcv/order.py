@@ -45,7 +45,7 @@ __all__ = [
 KINDS: Final[tuple[str, ...]] = ("quasi_random", "random", "sequential")
 
 PageOf = Union[Mapping[int, int], np.ndarray]
-_T = TypeVar("_T", bound="_ShardedOrder")
+_T = TypeVar("_T", bound="ShardedOrder")
 
 
 # --------------------------------------------------------------------------- #
@@ -316,7 +316,7 @@ def _loader_sample_pages(loader: Loader, indices: np.ndarray) -> np.ndarray:
     return np.where(found >= 0, found, -1 - np.arange(len(indices), dtype=np.int64))
 
 
-class _ShardedOrder(TraversalOrder):
+class ShardedOrder(TraversalOrder):
     """Config object for one ordering kind; calling it with a loader returns a bound copy.
 
     ``drop_last`` here is the *sharding* drop (N//W per rank, like DistributedSampler);
@@ -380,7 +380,7 @@ class _ShardedOrder(TraversalOrder):
                 f"drop_last={self.drop_last})")
 
 
-class QuasiRandomOrder(_ShardedOrder):
+class QuasiRandomOrder(ShardedOrder):
     """Page-local random order: contiguous shard of a page-shuffled sequence + rolling page buffer.
 
     Use with ``os_cache=False`` or huge datasets: each rank reads ~1/W of the pages.
@@ -403,13 +403,13 @@ class QuasiRandomOrder(_ShardedOrder):
                 f"drop_last={self.drop_last}, buffer_pages={self._buffer_pages_option})")
 
 
-class RandomOrder(_ShardedOrder):
+class RandomOrder(ShardedOrder):
     """Uniform random permutation per epoch, sharded contiguously across ranks."""
 
     kind: ClassVar[str] = "random"
 
 
-class SequentialOrder(_ShardedOrder):
+class SequentialOrder(ShardedOrder):
     """Indices in their given order, sharded contiguously across ranks (e.g. for validation)."""
 
     kind: ClassVar[str] = "sequential"

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from jit_ffcv.order import _ShardedOrder, epoch_orders, samples_per_rank
+from jit_ffcv.order import ShardedOrder, epoch_orders, samples_per_rank
 
 if TYPE_CHECKING:
     from jit_ffcv.loader import JiTLoader
@@ -54,7 +54,7 @@ class Spec:
     def of(cls, loader: JiTLoader) -> Spec:
         """The spec of ``loader``; only jit_ffcv's sharded orders can resume."""
         order = loader.traversal_order
-        if not isinstance(order, _ShardedOrder):
+        if not isinstance(order, ShardedOrder):
             raise TypeError(
                 f"resume needs one of jit_ffcv's orders (QuasiRandomOrder, RandomOrder, SequentialOrder), "
                 f"got order={type(order).__name__}; pass order=QuasiRandomOrder(...) to the loader"
@@ -252,7 +252,7 @@ def _check_state(state: Any, spec: Spec) -> None:
 class _OrderOnlyLoader:
     """The attributes ResumeTracker reads from a JiTLoader, over an order with no beton behind it."""
 
-    def __init__(self, order: _ShardedOrder, batch_size: int) -> None:
+    def __init__(self, order: ShardedOrder, batch_size: int) -> None:
         self.traversal_order, self.batch_size, self.drop_last, self.next_epoch = order, batch_size, True, 0
 
     def set_epoch(self, epoch: int) -> None:
