@@ -30,7 +30,8 @@ from jit_ffcv.jpeg import decode_flags
 from jit_ffcv.loader import JiTLoader
 from jit_ffcv.mixing import warn_if_folder_order
 from jit_ffcv.ops import EpochCell, FlipDecoder, ToUnitRange, check_prob, nchw_ops
-from jit_ffcv.order import KINDS, QuasiRandomOrder, RandomOrder, SequentialOrder, samples_per_rank
+from jit_ffcv.order import KINDS, samples_per_rank
+from jit_ffcv.traversal import QuasiRandomOrder, RandomOrder, SequentialOrder
 from writers.beton import DEFAULT_QUALITY, write_split
 from writers.cpus import usable_cpus
 from writers.encode import MODES

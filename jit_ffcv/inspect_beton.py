@@ -193,7 +193,7 @@ def load_samples(beton: str | Path, ids: np.ndarray, meta: BetonMetadata) -> lis
     from writers.ffcv_api import IntDecoder
     from jit_ffcv.loader import JiTLoader
     from jit_ffcv.ops import FlipDecoder
-    from jit_ffcv.order import SequentialOrder
+    from jit_ffcv.traversal import SequentialOrder
 
     has_index = "index" in _reader(beton).handlers
     loader = JiTLoader(

@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from jit_ffcv.order import ShardedOrder, epoch_orders, samples_per_rank
+from jit_ffcv.traversal import ShardedOrder
+
+from jit_ffcv.order import epoch_orders, samples_per_rank
 
 if TYPE_CHECKING:
     from jit_ffcv.loader import JiTLoader
@@ -261,7 +263,7 @@ class _OrderOnlyLoader:
 
 def _imagenet_loader(world: int, rank: int, num_samples: int, samples_per_page: int, batch_size: int,
                      seed: int) -> _OrderOnlyLoader:
-    from jit_ffcv.order import QuasiRandomOrder
+    from jit_ffcv.traversal import QuasiRandomOrder
 
     order = QuasiRandomOrder(num_replicas=world, rank=rank)
     order.indices = np.arange(num_samples)

@@ -21,7 +21,7 @@ from jit_ffcv.epoch import DecodeThread
 from jit_ffcv.layout import ToCHW
 from jit_ffcv.loader import JiTLoader
 from jit_ffcv.ops import FlipDecoder
-from jit_ffcv.order import SequentialOrder
+from jit_ffcv.traversal import SequentialOrder
 
 BAD_INDEX = 7  # the sample whose decoding fails in the "op_error" scenario
 

@@ -18,7 +18,9 @@ from jit_ffcv.mixing import (
     uniform_distinct,
 )
 from writers.shuffle import sample_permutation
-from jit_ffcv.order import epoch_order, max_open_pages, pages_touched, reader_sample_pages
+from jit_ffcv.order import epoch_order
+from jit_ffcv.locality import max_open_pages, pages_touched
+from jit_ffcv.traversal import reader_sample_pages
 from writers.beton import _partial_beton, read_indices, read_payloads, write_split
 from writers.folder import scan_split
 from writers.metadata import file_sha256, read_metadata, sidecar_path

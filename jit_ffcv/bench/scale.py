@@ -200,7 +200,8 @@ def resume_seconds(beton: Path, world: int, new_world: int, workers: int) -> flo
 
 def pages_rows(pages: np.ndarray, worlds: Sequence[int]) -> list[tuple[int, int, int, int]]:
     """(W, pages in file, quasi-random pages per rank (max), max open pages) for each W."""
-    from jit_ffcv.order import epoch_orders, max_open_pages, pages_touched
+    from jit_ffcv.order import epoch_orders
+    from jit_ffcv.locality import max_open_pages, pages_touched
 
     indices, total, rows = np.arange(len(pages)), len(np.unique(pages)), []
     for w in worlds:
@@ -223,7 +224,8 @@ class Row:
 def measure(beton: Path, small: Path | None, src: Path, args: argparse.Namespace) -> list[Row]:
     """Build (unless cached) and measure; returns the table rows."""
     from writers.ffcv_api import Reader
-    from jit_ffcv.order import epoch_order, reader_sample_pages
+    from jit_ffcv.order import epoch_order
+    from jit_ffcv.traversal import reader_sample_pages
 
     rows: list[Row] = []
     peaks: dict[int, float] = {}
