@@ -27,6 +27,13 @@ _EXPORTS: dict[str, str] = {
     "epoch_order": "jit_ffcv.order",
     "write_beton": "writers.beton",
     "read_metadata": "writers.metadata",
+    # what a user may need to catch
+    "LoaderThreadError": "jit_ffcv.epoch",
+    "FolderOrderWarning": "jit_ffcv.mixing",
+    "BetonMismatchError": "writers.metadata",
+    "SidecarError": "writers.metadata",
+    "BetonExistsError": "writers.output",
+    "LockError": "writers.lock",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

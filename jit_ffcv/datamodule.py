@@ -22,21 +22,20 @@ import numba
 import numpy as np
 import torch
 
-from writers.ffcv_api import (
-    IntDecoder, Operation, Reader, Squeeze, ToDevice, ToTensor, ToTorchImage,
-)
-from writers.crop import center_crop_arr
 from jit_ffcv.jpeg import decode_flags
 from jit_ffcv.loader import JiTLoader
 from jit_ffcv.mixing import warn_if_folder_order
-from jit_ffcv.ops import EpochCell, FlipDecoder, ToUnitRange, check_prob, nchw_ops
+from jit_ffcv.ops import EpochCell, FlipDecoder, ToUnitRange, nchw_ops
 from jit_ffcv.order import KINDS, samples_per_rank
 from jit_ffcv.traversal import QuasiRandomOrder, RandomOrder, SequentialOrder
 from writers.beton import DEFAULT_QUALITY, write_split
+from writers.checks import flag, int_at_least, int_in_range, one_of, probability
 from writers.cpus import usable_cpus
 from writers.encode import MODES
 from writers.find import Search, Wanted, find_betons
 from writers.metadata import BetonMetadata, BetonMismatchError, read_metadata, sidecar_path, verify_file
+from writers.crop import center_crop_arr
+from writers.ffcv_api import IntDecoder, Operation, Reader, Squeeze, ToDevice, ToTensor, ToTorchImage
 from writers.output import beton_name, default_beton_dir
 
 __all__ = ["JiTDataModule", "create_jit_datamodule", "center_crop_arr", "beton_name"]
@@ -54,31 +53,20 @@ class _World:
     rank: int
 
 
-def _choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-
 #: seeds the flip hash takes (a numba int64); the order's SeedSequence takes any of them too
 SEED_LIMIT = 2**63
 
 
-def _is_int(value: Any) -> bool:
-    """Python or numpy integer, not a bool (``True`` is no batch size)."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _at_least(name: str, value: Any, low: int) -> int:
-    if not _is_int(value) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _in_range(name: str, value: Any, low: int, high: int) -> int:
-    """``value`` as an int in ``[low, high)``, else a ValueError naming ``name``."""
-    if not _is_int(value) or not low <= value < high:
-        raise ValueError(f"{name} must be an integer in [{low}, {high}), got {value!r}")
-    return int(value)
+def check_device(device: Any) -> None:
+    """A device torch understands, and CUDA only where CUDA is present (else one line saying what to pass)."""
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r} ({error})") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available in this process; pass device='cpu' or None")
 
 
 class JiTDataModule(pl.LightningDataModule):
@@ -146,54 +134,33 @@ class JiTDataModule(pl.LightningDataModule):
         jpeg_decode: Literal["accurate", "fast"] = "accurate",
     ) -> None:
         super().__init__()
-        img_size = _at_least("img_size", img_size, 32)
-        batch_size = _at_least("batch_size", batch_size, 1)
-        num_workers = _at_least("num_workers", num_workers, 0)
-        batches_ahead = _at_least("batches_ahead", batches_ahead, 1)
-        seed = _in_range("seed", seed, 0, SEED_LIMIT)
-        _choice("mode", mode, MODES)
-        _choice("order", order, KINDS)
-        _choice("output", output, _OUTPUTS)
+        img_size = int_at_least("img_size", img_size, 32)
+        batch_size = int_at_least("batch_size", batch_size, 1)
+        num_workers = int_at_least("num_workers", num_workers, 0)
+        batches_ahead = int_at_least("batches_ahead", batches_ahead, 1)
+        seed = int_in_range("seed", seed, 0, SEED_LIMIT)
+        one_of("mode", mode, MODES)
+        one_of("order", order, KINDS)
+        one_of("output", output, _OUTPUTS)
         if mode == "jpg":
-            quality = _in_range("quality", quality, 1, 101)
-        check_prob(flip_prob)
+            quality = int_in_range("quality", quality, 1, 101)
+        flip_prob = probability("flip_prob", flip_prob)
         decode_flags(jpeg_decode)
         if num_replicas is not None:
-            num_replicas = _at_least("num_replicas", num_replicas, 1)
+            num_replicas = int_at_least("num_replicas", num_replicas, 1)
         if rank is not None:
-            rank = _at_least("rank", rank, 0) if num_replicas is None else _in_range("rank", rank, 0, num_replicas)
+            rank = (int_at_least("rank", rank, 0) if num_replicas is None
+                    else int_in_range("rank", rank, 0, num_replicas, high_name="num_replicas"))
         if write_workers is not None:
-            write_workers = _at_least("write_workers", write_workers, 0)
+            write_workers = int_at_least("write_workers", write_workers, 0)
         if buffer_pages is not None:
-            buffer_pages = _at_least("buffer_pages", buffer_pages, 1)
-        for name, flag in (("pin_memory", pin_memory), ("os_cache", os_cache), ("drop_last", drop_last),
-                           ("sampler_drop_last", sampler_drop_last), ("channels_last", channels_last)):
-            if not isinstance(flag, (bool, np.bool_)):
-                raise ValueError(f"{name} must be True or False, got {flag!r}")
-        self.save_hyperparameters()
-        self.data_path = Path(data_path)
-        self.img_size = img_size
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.num_replicas = num_replicas
-        self.rank = rank
-        self.beton_dir = Path(beton_dir) if beton_dir else default_beton_dir(self.data_path)
-        self.mode = mode
-        self.quality = quality
-        self.order = order
-        self.os_cache = os_cache
-        self.seed = seed
-        self.drop_last = drop_last
-        self.sampler_drop_last = sampler_drop_last
-        self.batches_ahead = batches_ahead
-        self.flip_prob = flip_prob
-        self.output = output
-        self.device = device
-        self.write_workers = write_workers
-        self.buffer_pages = buffer_pages
-        self.channels_last = bool(channels_last)
-        self.jpeg_decode = jpeg_decode
+            buffer_pages = int_at_least("buffer_pages", buffer_pages, 1)
+        pin_memory, os_cache, drop_last = flag("pin_memory", pin_memory), flag("os_cache", os_cache), flag(
+            "drop_last", drop_last)
+        sampler_drop_last, channels_last = flag("sampler_drop_last", sampler_drop_last), flag(
+            "channels_last", channels_last)
+        check_device(device)
+        self.save_hyperparameters()  # the checked values above: every option is read from self.hparams
         self._explicit = {"train": Path(train_beton) if train_beton else None,
                           "val": Path(val_beton) if val_beton else None}
         self._paths: dict[str, Path] = {}  # betons opened by setup()
@@ -201,13 +168,30 @@ class JiTDataModule(pl.LightningDataModule):
         self._epoch: int | None = None
         self._train_loader: JiTLoader | None = None
 
+    def __getattr__(self, name: str) -> Any:
+        """Options read as attributes (``dm.batch_size``): the values in ``self.hparams``, one copy."""
+        hparams = self.__dict__.get("_hparams")
+        if hparams is not None and name in hparams:
+            return hparams[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def data_path(self) -> Path:
+        """The dataset root (``train/<class>/<img>``, optionally ``val/``)."""
+        return Path(self.hparams.data_path)
+
+    @property
+    def beton_dir(self) -> Path:
+        """Where betons live: ``beton_dir`` if given, else ``data_path/ffcv``."""
+        return Path(self.hparams.beton_dir) if self.hparams.beton_dir else default_beton_dir(self.data_path)
+
     # ------------------------------------------------------------------ paths
     def beton_path(self, split: str) -> Path:
         """Path of the beton used for ``split`` (``train`` or ``val``): explicit, default name, or found."""
         return self._locate(split)[0]
 
     def _default_path(self, split: str) -> Path:
-        return self.beton_dir / beton_name(split, self.img_size, self.mode, self.quality)
+        return self.beton_dir / beton_name(split, self.hparams.img_size, self.hparams.mode, self.hparams.quality)
 
     def _locate(self, split: str) -> tuple[Path, Search | None]:
         """The beton for ``split`` and, when it must be written under the default name, the search that found none.
@@ -221,13 +205,13 @@ class JiTDataModule(pl.LightningDataModule):
         default = self._default_path(split)
         if default.exists():
             return default, None
-        wanted = Wanted(split, self.img_size, self.mode, self.quality if self.mode == "jpg" else None,
+        wanted = Wanted(split, self.hparams.img_size, self.hparams.mode, self.hparams.quality if self.hparams.mode == "jpg" else None,
                         str((self.data_path / split).resolve()))
         search = find_betons(self.beton_dir, wanted)
         if len(search.matches) > 1:
             raise BetonMismatchError(
-                f"several betons in {self.beton_dir} match split={split} img_size={self.img_size} mode={self.mode}"
-                f"{f' quality={self.quality}' if self.mode == 'jpg' else ''}: "
+                f"several betons in {self.beton_dir} match split={split} img_size={self.hparams.img_size} mode={self.hparams.mode}"
+                f"{f' quality={self.hparams.quality}' if self.hparams.mode == 'jpg' else ''}: "
                 f"{', '.join(p.name for p in search.matches)}; pass {split}_beton= to choose one (or delete the others)"
             )
         return (search.matches[0], None) if search.matches else (default, search)
@@ -261,8 +245,8 @@ class JiTDataModule(pl.LightningDataModule):
                 log.warning("writing %s: none of the betons in %s matches split=%s (%s)",
                             path, self.beton_dir, split, search.explain())
             write_split(
-                self.data_path, split, path, img_size=self.img_size, mode=self.mode, quality=self.quality,
-                num_workers=self.write_workers if self.write_workers is not None else usable_cpus(),
+                self.data_path, split, path, img_size=self.hparams.img_size, mode=self.hparams.mode, quality=self.hparams.quality,
+                num_workers=self.hparams.write_workers if self.hparams.write_workers is not None else usable_cpus(),
                 progress=True,
             )
 
@@ -274,7 +258,7 @@ class JiTDataModule(pl.LightningDataModule):
                 raise FileNotFoundError(f"{path} not found: call prepare_data() first (Trainer.fit does)")
             meta = read_metadata(path)
             classes = self._meta["train"].classes if split == "val" else None
-            meta.check_matches(img_size=self.img_size, mode=self.mode, quality=self.quality, classes=classes)
+            meta.check_matches(img_size=self.hparams.img_size, mode=self.hparams.mode, quality=self.hparams.quality, classes=classes)
             verify_file(path, meta)
             _check_header(path, meta)
             if split == "train" and split not in self._meta:  # once per DataModule
@@ -290,17 +274,17 @@ class JiTDataModule(pl.LightningDataModule):
             world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
         elif self.trainer is not None:
             world, rank = self.trainer.world_size, self.trainer.global_rank
-        world = self.num_replicas if self.num_replicas is not None else world
-        rank = self.rank if self.rank is not None else rank
+        world = self.hparams.num_replicas if self.hparams.num_replicas is not None else world
+        rank = self.hparams.rank if self.hparams.rank is not None else rank
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is outside [0, num_replicas={world})")
         return _World(world, rank)
 
     def _target_device(self) -> torch.device | None:
         """Device the batches end on; ``None`` keeps uint8 batches on the CPU."""
-        if self.device is not None:
-            return torch.device(self.device)
-        if self.output == "uint8":
+        if self.hparams.device is not None:
+            return torch.device(self.hparams.device)
+        if self.hparams.output == "uint8":
             return None
         if self.trainer is not None:
             return self.trainer.strategy.root_device
@@ -313,24 +297,24 @@ class JiTDataModule(pl.LightningDataModule):
         Everything returned runs on HWC uint8 numpy images; the tensor conversion and
         device transfer are appended by the DataModule.
         """
-        return [FlipDecoder(flip_prob=self.flip_prob, seed=self.seed, epoch_cell=epoch_cell,
-                            jpeg_decode=self.jpeg_decode)]
+        return [FlipDecoder(flip_prob=self.hparams.flip_prob, seed=self.hparams.seed, epoch_cell=epoch_cell,
+                            jpeg_decode=self.hparams.jpeg_decode)]
 
     def _get_val_transforms(self, epoch_cell: EpochCell) -> list[Operation]:
         """Image ops of the val pipeline: decode only."""
-        return [FlipDecoder(flip_prob=0.0, epoch_cell=epoch_cell, jpeg_decode=self.jpeg_decode)]
+        return [FlipDecoder(flip_prob=0.0, epoch_cell=epoch_cell, jpeg_decode=self.hparams.jpeg_decode)]
 
     def _tensor_ops(self) -> tuple[list[Operation], list[Operation]]:
         """Ops appended to the image and label pipelines: NCHW, to tensor, device, range; labels (B,)."""
         device = self._target_device()
         image: list[Operation] = (
-            [ToTensor(), ToTorchImage(channels_last=True)] if self.channels_last else [ToTensor()]  # see _loader
+            [ToTensor(), ToTorchImage(channels_last=True)] if self.hparams.channels_last else [ToTensor()]  # see _loader
         )
         label: list[Operation] = [IntDecoder(), ToTensor(), Squeeze(1)]  # (B, 1) -> (B,), also for B = 1
         if device is not None and device.type != "cpu":
             image.append(ToDevice(device, non_blocking=True))
             label.append(ToDevice(device, non_blocking=True))
-        if self.output == "float":
+        if self.hparams.output == "float":
             image.append(ToUnitRange())
         return image, label
 
@@ -340,30 +324,30 @@ class JiTDataModule(pl.LightningDataModule):
         world = self._world()
         kwargs: dict[str, Any] = {"num_replicas": world.num_replicas, "rank": world.rank}
         if train:
-            kwargs["drop_last"] = self.sampler_drop_last
-            if self.order == "quasi_random":
-                kwargs["buffer_pages"] = self.buffer_pages
-            order = _ORDERS[self.order](**kwargs)
+            kwargs["drop_last"] = self.hparams.sampler_drop_last
+            if self.hparams.order == "quasi_random":
+                kwargs["buffer_pages"] = self.hparams.buffer_pages
+            order = _ORDERS[self.hparams.order](**kwargs)
         else:
             order = SequentialOrder(**kwargs)
         cell = EpochCell()
         image_tail, label_ops = self._tensor_ops()
         image_ops = self._get_train_transforms(cell) if train else self._get_val_transforms(cell)
-        if not self.channels_last:  # the decoder writes CHW itself if alone, else a ToCHW pass
+        if not self.hparams.channels_last:  # the decoder writes CHW itself if alone, else a ToCHW pass
             image_ops = nchw_ops(image_ops)
         return JiTLoader(
             str(self._paths[split]),
-            batch_size=self.batch_size,
-            num_workers=max(1, min(self.num_workers, numba.config.NUMBA_NUM_THREADS)),  # 0: one thread
-            os_cache=self.os_cache,
+            batch_size=self.hparams.batch_size,
+            num_workers=max(1, min(self.hparams.num_workers, numba.config.NUMBA_NUM_THREADS)),  # 0: one thread
+            os_cache=self.hparams.os_cache,
             order=order,
             distributed=world.num_replicas > 1,
-            seed=self.seed,
+            seed=self.hparams.seed,
             pipelines={"image": image_ops + image_tail, "label": label_ops, "index": None},  # no index decoding
-            drop_last=self.drop_last if train else False,
-            batches_ahead=self.batches_ahead,
+            drop_last=self.hparams.drop_last if train else False,
+            batches_ahead=self.hparams.batches_ahead,
             epoch_cell=cell,
-            pin_memory=self.pin_memory,
+            pin_memory=self.hparams.pin_memory,
         )
 
     def train_dataloader(self) -> JiTLoader:
@@ -394,14 +378,14 @@ class JiTDataModule(pl.LightningDataModule):
         meta = self._meta["train"]
         world = self._world()
         n = meta.num_samples
-        per_rank = samples_per_rank(n, world.num_replicas, self.sampler_drop_last)
-        batches = per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+        per_rank = samples_per_rank(n, world.num_replicas, self.hparams.sampler_drop_last)
+        batches = per_rank // self.hparams.batch_size if self.hparams.drop_last else -(-per_rank // self.hparams.batch_size)
         info: dict[str, Any] = {
             "num_samples": n,
             "num_classes": meta.num_classes,
             "class_names": list(meta.classes),
-            "img_size": self.img_size,
-            "mode": self.mode,
+            "img_size": self.hparams.img_size,
+            "mode": self.hparams.mode,
             "num_replicas": world.num_replicas,
             "rank": world.rank,
             "samples_per_rank": per_rank,

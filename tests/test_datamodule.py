@@ -458,11 +458,30 @@ def test_pin_memory_reaches_the_loader(synthetic: SyntheticFolder, beton_dir: Pa
         ({"write_workers": -1}, "write_workers"),
         ({"pin_memory": "no"}, "pin_memory"),
         ({"channels_last": 1}, "channels_last"),
+        ({"flip_prob": "0.5"}, r"flip_prob must be a number in \[0, 1\], got '0.5'"),
+        ({"flip_prob": True}, "flip_prob"),
+        ({"device": "nonsense"}, r"device must be a torch device .* got 'nonsense'"),
     ],
 )
 def test_bad_counts_and_seeds_are_refused(tmp_path: Path, kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
         JiTDataModule(data_path=str(tmp_path), **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where CUDA is absent")
+def test_cuda_without_cuda_is_refused_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"device='cuda' but CUDA is not available in this process; pass device='cpu'"):
+        JiTDataModule(data_path=str(tmp_path), device="cuda")
+
+
+def test_options_are_read_from_hparams_only(tmp_path: Path) -> None:
+    dm = JiTDataModule(data_path=str(tmp_path), batch_size=np.int32(8), flip_prob=1)
+    assert dm.hparams.batch_size == dm.batch_size == 8 and type(dm.hparams.batch_size) is int
+    assert dm.hparams.flip_prob == 1.0 and type(dm.flip_prob) is float
+    assert "batch_size" not in vars(dm)  # one copy: hparams
+    assert dm.data_path == tmp_path and dm.beton_dir == tmp_path / "ffcv"
+    with pytest.raises(AttributeError, match="no attribute 'no_such_option'"):
+        dm.no_such_option
 
 
 def test_numpy_integers_are_accepted(tmp_path: Path) -> None:
