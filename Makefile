@@ -1,5 +1,16 @@
-# jit-ffcv: one entry point for set-up, tests, demo and benchmark.
+# jit-ffcv: one entry point for set-up, tests, demo and benchmark (docs/development.md says what each costs).
 # `make install` works on a fresh Debian/Ubuntu machine as root and is idempotent.
+# `make help` prints the lines below that start with '## '.
+## make install     apt packages, .venv, torch (CPU build unless TORCH=...), the project; idempotent
+## make test        the whole test suite on CPU: exactly what CI runs (bash .ci/run)
+## make check       the fast unit tier, for the edit-test loop
+## make lint        ruff over the project
+## make stress      the writer's signal stress test
+## make demo        write a small beton, train a tiny JiT, compare img/s with the reference
+## make bench       remeasure docs/benchmarks.md's tables (long; about 31 GB under bench_out/)
+## make gpu-check   on a CUDA machine: the GPU delivery stress test, then the gpu table
+## make clean       remove .venv, build/ and *.egg-info
+# TODO lead: check, lint and stress come from other branches; drop a '## ' line whose target did not land.
 # TORCH: the torch requirement installed first; the default is the CPU build.
 #   CUDA users: make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
 
@@ -30,7 +41,8 @@ test: install
 demo: install
 	$(VENV)/bin/jit-ffcv demo
 
-# Measures on this machine and rewrites the README's tables and docs/bench_cpu.png.
+# Measures on this machine and rewrites the generated tables of docs/benchmarks.md and docs/bench_cpu.png.
+# TODO lead: the commands below still pass --readme README.md; the bench branch points them at docs/benchmarks.md.
 bench: install
 	$(VENV)/bin/jit-ffcv bench --quality-table --readme README.md --out bench_out
 	$(VENV)/bin/jit-ffcv bench --pages --readme README.md --out bench_out
@@ -39,7 +51,7 @@ bench: install
 	$(VENV)/bin/jit-ffcv bench --readme README.md --out bench_out --chart docs/bench_cpu.png
 
 # On a CUDA machine (make install TORCH=... with a CUDA build): the GPU delivery stress test, then the
-# throughput rows with batches delivered on the GPU (uint8 and JiT's float), written to the README's gpu block.
+# throughput rows with batches delivered on the GPU (uint8 and JiT's float), written to docs/benchmarks.md's gpu block.
 gpu-check: install
 	$(PY) -m pytest -q -rs tests/test_gpu.py
 	$(VENV)/bin/jit-ffcv bench --device cuda --pipelines "reference" "jit-ffcv DataModule, jpg q90" --skip-writer \
@@ -47,3 +59,7 @@ gpu-check: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+.PHONY: help
+help:
+	@sed -n 's/^## //p' $(firstword $(MAKEFILE_LIST))
