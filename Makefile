@@ -2,15 +2,14 @@
 # `make install` works on a fresh Debian/Ubuntu machine as root and is idempotent.
 # `make help` prints the lines below that start with '## '.
 ## make install     apt packages, .venv, torch (CPU build unless TORCH=...), the project; idempotent
-## make test        the whole test suite on CPU: exactly what CI runs (bash .ci/run)
-## make check       the fast unit tier, for the edit-test loop
-## make lint        ruff over the project
+## make test        lint, then the whole test suite on CPU, one pytest worker per core: exactly what CI runs
+## make check       the fast unit tier (tests not marked slow), for the edit-test loop
+## make lint        ruff over the project (also the first step of make test)
 ## make stress      the writer's signal stress test
 ## make demo        write a small beton, train a tiny JiT, compare img/s with the reference
 ## make bench       remeasure docs/benchmarks.md's tables (long; about 31 GB under bench_out/)
 ## make gpu-check   on a CUDA machine: the GPU delivery stress test, then the gpu table
 ## make clean       remove .venv, build/ and *.egg-info
-# TODO lead: check, lint and stress come from other branches; drop a '## ' line whose target did not land.
 # TORCH: the torch requirement installed first; the default is the CPU build.
 #   CUDA users: make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
 
@@ -20,7 +19,7 @@ TORCH   ?= torch==2.13.0
 APT_PKGS := pkg-config libopencv-dev libturbojpeg0-dev
 STAMP   := $(VENV)/.jit-ffcv-installed
 
-.PHONY: install system-deps test demo bench gpu-check clean
+.PHONY: install system-deps test check lint demo bench gpu-check clean help
 
 install: system-deps $(STAMP)
 
@@ -35,8 +34,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[dev,bench,cli]"
 	touch $(STAMP)
 
-test: install
-	$(PY) -m pytest -q
+# pytest-xdist: one worker per core (-n auto); worksteal keeps both cores busy to the end.
+test: install lint
+	$(PY) -m pytest -q -n auto --dist worksteal
+
+check: install
+	$(PY) -m pytest -q -n auto --dist worksteal -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check jit_ffcv writers tests examples
 
 demo: install
 	$(VENV)/bin/jit-ffcv demo
