@@ -31,11 +31,11 @@ from jit_ffcv.traversal import QuasiRandomOrder, RandomOrder, SequentialOrder
 from writers.beton import DEFAULT_QUALITY, write_split
 from writers.checks import flag, int_at_least, int_in_range, one_of, probability
 from writers.cpus import usable_cpus
+from writers.crop import center_crop_arr
 from writers.encode import MODES
+from writers.ffcv_api import IntDecoder, Operation, Reader, Squeeze, ToDevice, ToTensor, ToTorchImage
 from writers.find import Search, Wanted, find_betons
 from writers.metadata import BetonMetadata, BetonMismatchError, read_metadata, sidecar_path, verify_file
-from writers.crop import center_crop_arr
-from writers.ffcv_api import IntDecoder, Operation, Reader, Squeeze, ToDevice, ToTensor, ToTorchImage
 from writers.output import beton_name, default_beton_dir
 
 __all__ = ["JiTDataModule", "create_jit_datamodule", "center_crop_arr", "beton_name"]
@@ -99,9 +99,10 @@ class JiTDataModule(pl.LightningDataModule):
         channels_last: images in channels-last memory (NHWC, what FFCV gives for free) instead of
             contiguous NCHW (``PILToTensor``'s layout, the default); the shape is (B, 3, H, W) either way.
         device: target device of the batches; default: the Trainer's, else CUDA if present, else CPU.
-        write_workers: processes used by ``prepare_data`` to write missing betons (default: the CPUs this process may use).
+        write_workers: processes ``prepare_data`` writes missing betons with (default: the CPUs this process may use).
         buffer_pages: pages in the quasi-random rolling buffer (default 2 * batch_size, as FFCV).
         jpeg_decode: ``accurate`` (libjpeg-turbo's exact IDCT: Pillow's pixels) or ``fast`` (opt-in, biased; README).
+
     """
 
     def __init__(
@@ -205,13 +206,14 @@ class JiTDataModule(pl.LightningDataModule):
         default = self._default_path(split)
         if default.exists():
             return default, None
-        wanted = Wanted(split, self.hparams.img_size, self.hparams.mode, self.hparams.quality if self.hparams.mode == "jpg" else None,
+        hp = self.hparams
+        wanted = Wanted(split, hp.img_size, hp.mode, hp.quality if hp.mode == "jpg" else None,
                         str((self.data_path / split).resolve()))
         search = find_betons(self.beton_dir, wanted)
         if len(search.matches) > 1:
             raise BetonMismatchError(
-                f"several betons in {self.beton_dir} match split={split} img_size={self.hparams.img_size} mode={self.hparams.mode}"
-                f"{f' quality={self.hparams.quality}' if self.hparams.mode == 'jpg' else ''}: "
+                f"several betons in {self.beton_dir} match split={split} img_size={hp.img_size} mode={hp.mode}"
+                f"{f' quality={hp.quality}' if hp.mode == 'jpg' else ''}: "
                 f"{', '.join(p.name for p in search.matches)}; pass {split}_beton= to choose one (or delete the others)"
             )
         return (search.matches[0], None) if search.matches else (default, search)
@@ -244,9 +246,10 @@ class JiTDataModule(pl.LightningDataModule):
             if search is not None and search.rejected:
                 log.warning("writing %s: none of the betons in %s matches split=%s (%s)",
                             path, self.beton_dir, split, search.explain())
+            hp = self.hparams
             write_split(
-                self.data_path, split, path, img_size=self.hparams.img_size, mode=self.hparams.mode, quality=self.hparams.quality,
-                num_workers=self.hparams.write_workers if self.hparams.write_workers is not None else usable_cpus(),
+                self.data_path, split, path, img_size=hp.img_size, mode=hp.mode, quality=hp.quality,
+                num_workers=hp.write_workers if hp.write_workers is not None else usable_cpus(),
                 progress=True,
             )
 
@@ -258,7 +261,8 @@ class JiTDataModule(pl.LightningDataModule):
                 raise FileNotFoundError(f"{path} not found: call prepare_data() first (Trainer.fit does)")
             meta = read_metadata(path)
             classes = self._meta["train"].classes if split == "val" else None
-            meta.check_matches(img_size=self.hparams.img_size, mode=self.hparams.mode, quality=self.hparams.quality, classes=classes)
+            hp = self.hparams
+            meta.check_matches(img_size=hp.img_size, mode=hp.mode, quality=hp.quality, classes=classes)
             verify_file(path, meta)
             _check_header(path, meta)
             if split == "train" and split not in self._meta:  # once per DataModule
@@ -308,7 +312,7 @@ class JiTDataModule(pl.LightningDataModule):
         """Ops appended to the image and label pipelines: NCHW, to tensor, device, range; labels (B,)."""
         device = self._target_device()
         image: list[Operation] = (
-            [ToTensor(), ToTorchImage(channels_last=True)] if self.hparams.channels_last else [ToTensor()]  # see _loader
+            [ToTensor(), ToTorchImage(channels_last=True)] if self.hparams.channels_last else [ToTensor()]  # _loader
         )
         label: list[Operation] = [IntDecoder(), ToTensor(), Squeeze(1)]  # (B, 1) -> (B,), also for B = 1
         if device is not None and device.type != "cpu":
@@ -379,7 +383,8 @@ class JiTDataModule(pl.LightningDataModule):
         world = self._world()
         n = meta.num_samples
         per_rank = samples_per_rank(n, world.num_replicas, self.hparams.sampler_drop_last)
-        batches = per_rank // self.hparams.batch_size if self.hparams.drop_last else -(-per_rank // self.hparams.batch_size)
+        batch = self.hparams.batch_size
+        batches = per_rank // batch if self.hparams.drop_last else -(-per_rank // batch)
         info: dict[str, Any] = {
             "num_samples": n,
             "num_classes": meta.num_classes,

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Union
 
 import numpy as np
 
 __all__ = ["PageOf", "pages_touched", "max_open_pages"]
 
-PageOf = Union[Mapping[int, int], np.ndarray]
+PageOf = Mapping[int, int] | np.ndarray
 
 
 def _pages_of(order: np.ndarray, page_of: PageOf) -> np.ndarray:

@@ -14,8 +14,9 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -86,18 +87,22 @@ class MixingStats:
 
     @property
     def mean(self) -> float:
+        """Mean over batch positions."""
         return float(self.per_position.mean())
 
     @property
     def worst(self) -> float:
+        """The worst batch position."""
         return float(self.per_position.min())
 
     @property
     def first(self) -> float:
+        """The first batch."""
         return float(self.per_position[0])
 
     @property
     def last(self) -> float:
+        """The last batch."""
         return float(self.per_position[-1])
 
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from jit_ffcv.datamodule import JiTDataModule, create_jit_datamodule
-from jit_ffcv.loader import JiTLoader
 from jit_ffcv.epoch import DecodeThread
+from jit_ffcv.loader import JiTLoader
 from jit_ffcv.ops import flip_mask
 from jit_ffcv.order import epoch_order
 from jit_ffcv.synthetic import SyntheticFolder
@@ -378,7 +378,7 @@ def test_lightning_advances_the_epoch(synthetic: SyntheticFolder, beton_dir: Pat
     assert model.orders[0] != model.orders[1]
     # no decoding thread is left behind (each epoch was consumed, none was started for nothing)
     for thread in [t for t in threading.enumerate() if isinstance(t, DecodeThread)]:
-        assert wait_until(lambda: not thread.busy.is_set())
+        assert wait_until(lambda thread=thread: not thread.busy.is_set())
 
 
 def test_new_epoch_stops_a_still_open_one(synthetic: SyntheticFolder, beton_dir: Path,
@@ -481,7 +481,7 @@ def test_options_are_read_from_hparams_only(tmp_path: Path) -> None:
     assert "batch_size" not in vars(dm)  # one copy: hparams
     assert dm.data_path == tmp_path and dm.beton_dir == tmp_path / "ffcv"
     with pytest.raises(AttributeError, match="no attribute 'no_such_option'"):
-        dm.no_such_option
+        _ = dm.no_such_option
 
 
 def test_numpy_integers_are_accepted(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jit_ffcv.locality import max_open_pages, pages_touched
 from jit_ffcv.mixing import (
     FolderOrderWarning,
     class_mixing,
@@ -17,13 +18,12 @@ from jit_ffcv.mixing import (
     simulated_layout,
     uniform_distinct,
 )
-from writers.shuffle import sample_permutation
 from jit_ffcv.order import epoch_order
-from jit_ffcv.locality import max_open_pages, pages_touched
 from jit_ffcv.traversal import reader_sample_pages
 from writers.beton import _partial_beton, read_indices, read_payloads, write_split
 from writers.folder import scan_split
 from writers.metadata import file_sha256, read_metadata, sidecar_path
+from writers.shuffle import sample_permutation
 
 BATCH = 128
 BUFFER = 2 * BATCH  # the loader's default buffer_pages
@@ -143,7 +143,7 @@ def test_real_beton_index_traces_back_to_files(sorted_folder: Path, shuffled_bet
     assert indices.tolist() == sample_permutation(CLASSES * PER_CLASS, 0).tolist()
     payloads, labels = read_payloads(shuffled_beton)
     assert labels.tolist() == [scan.samples[i][1] for i in indices]
-    for payload, i in zip(payloads, indices):
+    for payload, i in zip(payloads, indices, strict=True):
         path = Path(scan.samples[i][0])
         c, k = int(path.parent.name[1:]), int(path.stem[1:])
         assert payload[:3] == bytes((c * 6, k * 8, 7)), scan.samples[i][0]  # solid colour survives the crop

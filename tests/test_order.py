@@ -10,11 +10,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from jit_ffcv.order import KINDS, epoch_order
-
-from jit_ffcv.traversal import QuasiRandomOrder, RandomOrder, SequentialOrder
-
 from jit_ffcv.locality import max_open_pages, pages_touched
+from jit_ffcv.order import KINDS, epoch_order
+from jit_ffcv.traversal import QuasiRandomOrder, RandomOrder, SequentialOrder
 
 SEED = 1234
 SHUFFLED = ("quasi_random", "random")

@@ -5,7 +5,8 @@ Each check returns the value normalised (``int``, ``float``, ``bool``) so caller
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""JiT's ``main_jit.py`` in miniature, with jit-ffcv as its data loader.
+r"""JiT's ``main_jit.py`` in miniature, with jit-ffcv as its data loader.
 
 The argument names, the ``torchrun`` launch, ``sampler.set_epoch(epoch)``, the ``x/255*2-1``
 input in bf16 autocast and the epoch-granular ``--resume DIR`` (``DIR/checkpoint-last.pth``,
