@@ -15,6 +15,7 @@ the loader records on that stream (see :mod:`jit_ffcv.epoch`) also covers the de
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal, Protocol
 
@@ -99,10 +100,19 @@ class NvImageCodecDecoder:
         check_cuda(self.device)
         kinds = {"auto": ["HW_GPU_ONLY", "GPU_ONLY"], "hardware": ["HW_GPU_ONLY"], "cuda": ["GPU_ONLY"]}[backend]
         self.backend = backend
+        self._pending: deque[tuple[torch.cuda.Event, list[Any]]] = deque()
         self._decoder = nvimgcodec.Decoder(
             device_id=self.device.index, max_num_cpu_threads=int(cpu_threads),
             backends=[nvimgcodec.Backend(getattr(nvimgcodec.BackendKind, kind)) for kind in kinds],
             options=f":fancy_upsampling={int(bool(fancy_upsampling))}")
+
+    def _keep_until_read(self, images: list[Any], stream: torch.cuda.Stream) -> None:
+        """Hold nvImageCodec's images until the stream has copied them (freed sooner, their memory may be reused)."""
+        event = torch.cuda.Event()
+        event.record(stream)
+        self._pending.append((event, images))
+        while self._pending and self._pending[0][0].query():
+            self._pending.popleft()
 
     def decode(self, payloads: Sequence[np.ndarray], height: int, width: int) -> torch.Tensor:
         """Decode on the current stream of :attr:`device`; the result is ordered on that stream."""
@@ -114,6 +124,7 @@ class NvImageCodecDecoder:
                                f"batch; try backend='auto' or 'cuda', or decode on the CPU")
         tensors = [torch.as_tensor(image, device=self.device) for image in images]
         batch = torch.stack(tensors)
+        self._keep_until_read(images, stream)
         if batch.shape[1:] != (height, width, 3):
             raise RuntimeError(f"nvImageCodec decoded {tuple(batch.shape[1:])} images, the beton stores "
                                f"({height}, {width}, 3)")

@@ -23,23 +23,38 @@ from jit_ffcv.ops import EpochCell, flip_decision, read_int64
 from writers.checks import probability
 from writers.ffcv_api import IMAGE_MODES, AllocationQuery, Compiler, Reader, SimpleRGBImageDecoder, State
 
-__all__ = ["LENGTH", "FLIP", "GatherJpegBytes", "max_payload_bytes"]
+__all__ = ["LENGTH", "FLIP", "GatherJpegBytes", "max_payload_bytes", "stored_payloads"]
 
 #: columns of the per-sample info buffer: the JPEG's length in bytes and its flip bit (0 or 1)
 LENGTH, FLIP = 0, 1
 
 
+def _pointers(reader: Reader, path: str | Path, field: str) -> np.ndarray:
+    """Where each sample's payload of ``field`` starts (ValueError naming the beton's fields if absent)."""
+    if field not in reader.field_names:
+        raise ValueError(f"{path} has no field {field!r}; its fields are {list(reader.field_names)}")
+    return reader.metadata[f"f{reader.field_names.index(field)}"]["data_ptr"]
+
+
 def max_payload_bytes(path: str | Path, field: str = "image") -> int:
     """Largest stored payload of ``field`` in the beton at ``path``: the row width of the gathered bytes."""
     reader = Reader(str(path))
-    if field not in reader.field_names:
-        raise ValueError(f"{path} has no field {field!r}; its fields are {list(reader.field_names)}")
-    pointers = reader.metadata[f"f{reader.field_names.index(field)}"]["data_ptr"]
+    pointers = _pointers(reader, path, field)
     table = reader.alloc_table
     sizes = table["size"][np.isin(table["ptr"], pointers)]
     if sizes.size == 0:
         raise ValueError(f"{path} stores no payload for field {field!r} (an empty beton?)")
     return int(sizes.max())
+
+
+def stored_payloads(path: str | Path, field: str = "image") -> list[np.ndarray]:
+    """Every sample's stored payload of ``field`` (the JPEG bytes of a jpg beton), in stored order, memory-mapped."""
+    reader = Reader(str(path))
+    pointers = _pointers(reader, path, field)
+    table = reader.alloc_table
+    size_of = dict(zip(table["ptr"].tolist(), table["size"].tolist(), strict=True))
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    return [data[int(p): int(p) + size_of[int(p)]] for p in pointers]
 
 
 class GatherJpegBytes(SimpleRGBImageDecoder):

@@ -26,14 +26,18 @@ from tests.conftest import SMALL
 SEED, FLIP, BATCH = 5, 0.5, 8
 
 
-@pytest.fixture(scope="module")
-def big_jpg(jpg_beton: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The synthetic jpg beton 10 times over: many more batches than the loader's slots."""
+def replicated(beton: Path, tmp_path_factory: pytest.TempPathFactory, times: int = 10) -> Path:
+    """``beton`` ``times`` times over: many more batches than the loader's slots."""
     from writers.beton import replicate_beton
 
-    out = tmp_path_factory.mktemp("gpu_decode") / "train_x10.beton"
-    replicate_beton(jpg_beton, out, 10)
+    out = tmp_path_factory.mktemp("gpu_decode") / f"train_x{times}.beton"
+    replicate_beton(beton, out, times)
     return out
+
+
+@pytest.fixture(scope="module")
+def big_jpg(jpg_beton: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return replicated(jpg_beton, tmp_path_factory)
 
 
 def copy(x: Any) -> np.ndarray:
@@ -207,3 +211,21 @@ def test_a_row_too_narrow_for_a_jpeg_is_refused() -> None:
     info = np.array([[10, 0]], dtype=np.int64)
     with pytest.raises(ValueError, match=r"does not fit GatherJpegBytes\(max_bytes=4\)"):
         loader.decode_batch(np.zeros((1, 4), dtype=np.uint8), info)
+
+
+def test_stored_payloads_are_the_gathered_bytes(jpg_beton: Path) -> None:
+    """The memory-mapped payloads (fidelity measurements) are byte for byte what GatherJpegBytes gathers."""
+    from jit_ffcv.gpu_gather import FLIP, LENGTH, stored_payloads
+    from jit_ffcv.loader import JiTLoader
+    from jit_ffcv.traversal import SequentialOrder
+    from writers.ffcv_api import IntDecoder
+
+    payloads = stored_payloads(jpg_beton)
+    loader = JiTLoader(str(jpg_beton), batch_size=len(payloads), num_workers=1, order=SequentialOrder(),
+                       pipelines={"image": [GatherJpegBytes(max_payload_bytes(jpg_beton), flip_prob=0.0)],
+                                  "label": [IntDecoder()], "index": None}, pin_memory=False)
+    ((gathered, info), _), = list(loader)
+    assert np.array_equal(info[:, FLIP], np.zeros(len(payloads)))
+    for i, payload in enumerate(payloads):
+        assert info[i, LENGTH] == payload.size
+        assert np.array_equal(gathered[i, : payload.size], payload)
