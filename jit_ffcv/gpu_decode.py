@@ -100,6 +100,10 @@ class NvImageCodecDecoder:
         check_cuda(self.device)
         kinds = {"auto": ["HW_GPU_ONLY", "GPU_ONLY"], "hardware": ["HW_GPU_ONLY"], "cuda": ["GPU_ONLY"]}[backend]
         self.backend = backend
+        self._nvimgcodec = nvimgcodec
+        # the beton's JPEGs are RGB and carry no orientation: interleaved RGB, EXIF ignored, as the CPU decode
+        self.params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB,
+                                               allow_any_depth=False, sample_format=nvimgcodec.SampleFormat.I_RGB)
         self._pending: deque[tuple[torch.cuda.Event, list[Any]]] = deque()
         self._decoder = nvimgcodec.Decoder(
             device_id=self.device.index, max_num_cpu_threads=int(cpu_threads),
@@ -117,7 +121,8 @@ class NvImageCodecDecoder:
     def decode(self, payloads: Sequence[np.ndarray], height: int, width: int) -> torch.Tensor:
         """Decode on the current stream of :attr:`device`; the result is ordered on that stream."""
         stream = torch.cuda.current_stream(self.device)
-        images = self._decoder.decode(list(payloads), cuda_stream=stream.cuda_stream)
+        streams = [self._nvimgcodec.CodeStream(payload) for payload in payloads]  # no copy: they view the slot
+        images = self._decoder.decode(streams, params=self.params, cuda_stream=stream.cuda_stream)
         failed = [i for i, image in enumerate(images) if image is None]
         if failed:
             raise RuntimeError(f"nvImageCodec ({self.backend} backend) could not decode JPEGs {failed[:5]} of the "

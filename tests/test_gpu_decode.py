@@ -229,3 +229,22 @@ def test_stored_payloads_are_the_gathered_bytes(jpg_beton: Path) -> None:
     for i, payload in enumerate(payloads):
         assert info[i, LENGTH] == payload.size
         assert np.array_equal(gathered[i, : payload.size], payload)
+
+
+def test_nvimgcodec_decoder_asks_for_the_backends_and_upsampling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backend names map to nvImageCodec's kinds (engines first, CUDA fallback) and chroma is interpolated."""
+    from types import SimpleNamespace
+
+    made: dict[str, Any] = {}
+    fake = SimpleNamespace(
+        BackendKind=SimpleNamespace(HW_GPU_ONLY="hw", GPU_ONLY="gpu"), Backend=lambda kind: kind,
+        ColorSpec=SimpleNamespace(SRGB="srgb"), SampleFormat=SimpleNamespace(I_RGB="rgb"),
+        DecodeParams=lambda **kw: kw, Decoder=lambda **kw: made.update(kw))
+    monkeypatch.setattr(gpu_decode, "load_nvimgcodec", lambda: fake)
+    monkeypatch.setattr(gpu_decode, "check_cuda", lambda device: None)
+    expected = {"auto": ["hw", "gpu"], "hardware": ["hw"], "cuda": ["gpu"]}
+    for backend, kinds in expected.items():
+        decoder = NvImageCodecDecoder("cuda:0", backend=backend)
+        assert made["backends"] == kinds and made["options"] == ":fancy_upsampling=1" and made["device_id"] == 0
+        assert decoder.params == {"apply_exif_orientation": False, "color_spec": "srgb", "allow_any_depth": False,
+                                   "sample_format": "rgb"}
