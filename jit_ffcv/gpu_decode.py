@@ -169,6 +169,11 @@ class GpuDecodeLoader:
         """The wrapped loader's sampler view (Lightning calls its ``set_epoch``)."""
         return self.loader.sampler
 
+    @property
+    def batch_size(self) -> int:
+        """Samples per batch (the wrapped loader's)."""
+        return int(self.loader.batch_size)
+
     def set_epoch(self, epoch: int) -> None:
         """Run ``epoch`` next."""
         self.loader.set_epoch(epoch)
