@@ -8,7 +8,7 @@
 ## make stress      the writer's signal stress test
 ## make demo        write a small beton, train a tiny JiT, compare img/s with the reference
 ## make bench       remeasure docs/benchmarks.md's tables (long; about 31 GB under bench_out/)
-## make gpu-check   on a CUDA machine: the GPU delivery stress test, then the gpu table
+## make gpu-check   on a CUDA machine: GPU delivery and GPU decode tests, decode fidelity/throughput, the gpu table
 ## make clean       remove .venv, build/ and *.egg-info
 # TORCH: the torch requirement installed first; the default is the CPU build.
 #   CUDA users: make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
@@ -56,10 +56,15 @@ bench: install
 	$(VENV)/bin/jit-ffcv bench --scale --readme README.md --out bench_out
 	$(VENV)/bin/jit-ffcv bench --readme README.md --out bench_out --chart docs/bench_cpu.png
 
-# On a CUDA machine (make install TORCH=... with a CUDA build): the GPU delivery stress test, then the
-# throughput rows with batches delivered on the GPU (uint8 and JiT's float), written to docs/benchmarks.md's gpu block.
+# On a CUDA machine (make install TORCH=... with a CUDA build): the gpu extra (nvImageCodec; CUDA 13 torch:
+# pip install "nvidia-nvimgcodec-cu13[nvjpeg]" instead), the GPU delivery and GPU decode tests, the GPU decode's
+# fidelity and throughput tables (bench_out_gpu/gpu_decode.md; a machine without network:
+# tests/helpers/gpu_session.sh), then the throughput rows with batches delivered on the GPU (uint8 and JiT's
+# float), written to docs/benchmarks.md's gpu block.
 gpu-check: install
-	$(PY) -m pytest -q -rs tests/test_gpu.py
+	$(PY) -m pip install -q -e ".[gpu]"
+	$(PY) -m pytest -q -rs tests/test_gpu.py tests/test_gpu_decode_cuda.py
+	$(PY) tests/helpers/gpu_measure.py --out bench_out_gpu/gpu_decode.md --work bench_out_gpu/decode
 	$(VENV)/bin/jit-ffcv bench --device cuda --pipelines "reference" "jit-ffcv DataModule, jpg q90" --skip-writer \
 		--target-samples 20000 --out bench_out_gpu --readme README.md --tag gpu --chart bench_out_gpu/chart.png
 
