@@ -43,11 +43,11 @@ def test_bench_end_to_end(tiny_dataset: Path, tmp_path: Path) -> None:
     data = json.loads((out / "results.json").read_text())
     assert data["machine"]["workers"] == 1 and "12 images replicated ×4 = 48 samples" in data["notes"][0]
     # the jpg limit is the accurate decode's, by 1 thread; the fast decode's rate is a note of its own
-    assert [n.split(":")[0] for n in data["notes"][1:]] == ["64px jpg90, 1 threads", "64px raw, 1 threads",
+    assert [n.split(":")[0] for n in data["notes"][1:]] == ["64px jpg90, 1 thread", "64px raw, 1 thread",
                                                            "64px jpg90", "Fixed cost per batch (DataModule, 32 px raw "
-                                                           "beton, batch 8, 1 threads)"]
-    assert data["notes"][1].startswith("64px jpg90, 1 threads: honest limit ")
-    assert "img/s (1 threads, each its own slice of the stored payloads, accurate decode at the same time); " \
+                                                           "beton, batch 8, 1 thread)"]
+    assert data["notes"][1].startswith("64px jpg90, 1 thread: honest limit ")
+    assert "img/s (1 thread, each its own slice of the stored payloads, accurate decode at the same time); " \
            "one core × 1 = " in data["notes"][1]
     assert data["notes"][3].startswith("64px jpg90: one core's fast-IDCT decode (opt-in, biased) ")
     assert "64px (one thread decodes a batch in " in data["notes"][4]

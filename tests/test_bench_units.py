@@ -110,9 +110,8 @@ def test_measure_size_interleaves_limits_and_pipelines(raw_beton: Path, jpg_beto
 
 
 def test_node_ranks_have_disjoint_shards_covering_the_epoch(raw_beton: Path) -> None:
-    from writers.metadata import read_metadata
-
     from jit_ffcv.bench.node import rank_loader
+    from writers.metadata import read_metadata
 
     spec = next(s for s in PIPELINES if s.name == "jit-ffcv DataModule, raw")
     n = read_metadata(raw_beton).num_samples
@@ -194,3 +193,18 @@ def test_the_repository_doc_has_every_block_make_bench_writes() -> None:
     text = (Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md").read_text()
     for tag in ("quality", "mixing", "pages", "scale", "cpu", "node", "gpu", "gpu-node"):
         assert f"<!-- bench:{tag}:start -->" in text and f"<!-- bench:{tag}:end -->" in text, tag
+
+
+@pytest.mark.slow
+def test_node_layout_end_to_end(raw_beton: Path, tmp_path: Path) -> None:
+    """``--procs 2 --workers 1``: two ranks started together, each its own half; totals against the 2-thread limit."""
+    from jit_ffcv.bench.node import run_layout
+
+    spec = next(s for s in PIPELINES if s.name == "jit-ffcv DataModule, raw")
+    cfg = child_config(spec, 64, 2, 1, epochs=2, min_seconds=0.0, beton=raw_beton)
+    result = run_layout(cfg, 2)
+    from writers.metadata import read_metadata
+
+    n = read_metadata(raw_beton).num_samples
+    assert result["epochs"] == 1 and result["images"] == [n // 2, n // 2]  # one steady epoch of each half
+    assert result["img_per_s"] > 0 and result["first_batch_s"] > 0

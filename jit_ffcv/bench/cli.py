@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from jit_ffcv.bench.checks import check_args
 from jit_ffcv.bench.cost import cost_line, estimate
@@ -20,7 +21,7 @@ from jit_ffcv.bench.pipelines import KIND_MODULES, PIPELINES, Spec, child_config
 from jit_ffcv.bench.quality import quality_table
 from jit_ffcv.bench.report import DOC, Result, markdown, save_results, update_doc
 from jit_ffcv.bench.run import Job, measure_size
-from jit_ffcv.bench.stats import Spread, ratios
+from jit_ffcv.bench.stats import Spread, ratios, threads
 from writers.beton import replicate_beton
 from writers.folder import FolderScan
 
@@ -108,10 +109,6 @@ def jobs_of(args: argparse.Namespace, specs: Sequence[Spec]) -> list[Job]:
     if not args.procs:
         return [Job(s.name, s, args.workers) for s in specs]
     p, k = args.procs, args.workers
-
-    def threads(n: int) -> str:
-        return f"{n} thread{'s' if n > 1 else ''}"
-
     dm, ffcv = (next(s for s in specs if s.name == name) for name in (NODE_DATAMODULE, NODE_FFCV))
     jobs = [Job(f"jit-ffcv DataModule, 1 process × {threads(k)}, jpg q90", dm, k)]
     if p > 1:

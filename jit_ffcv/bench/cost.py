@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 #: stored bytes per pixel of each beton (jpg: measured on real ImageNet crops, 4:2:0; raw: 3 bytes)
 BYTES_PER_PIXEL = {"jpg90": 0.34, "jpg95": 0.48, "raw": 3.0}

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from jit_ffcv.synthetic import SHARED_SAMPLE, make_image_folder
 from writers.beton import replicate_beton, write_beton

@@ -9,9 +9,9 @@ tells whether it is so: clearly above the estimate means the fixed cost overlaps
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
-from jit_ffcv.bench.stats import Spread
+from jit_ffcv.bench.stats import Spread, threads as threads_text
 
 #: image size of the fixed-cost beton (the DataModule's smallest)
 FIXED_SIZE = 32
@@ -38,15 +38,15 @@ def fixed_note(fixed: Spread, batch_size: int, one_core: dict[int, float], measu
     ``one_core``: one core's jpg q90 decode rate per size; ``measured``: the DataModule's fraction of the
     honest ``threads``-thread limit per size, in the same run.
     """
-    parts = [f"Fixed cost per batch (DataModule, {FIXED_SIZE} px raw beton, batch {batch_size}, {threads} threads): "
-             f"{fixed.text(2, 1000, ' ms')}"]
+    parts = [f"Fixed cost per batch (DataModule, {FIXED_SIZE} px raw beton, batch {batch_size}, "
+             f"{threads_text(threads)}): {fixed.text(2, 1000, ' ms')}"]
     for size, rate in sorted(one_core.items()):
         decode_s = batch_size / rate
         at_own = efficiency(threads, fixed.median, decode_s)
         head = f"{size}px (one thread decodes a batch in {1000 * decode_s:,.0f} ms)"
         if size in measured and measured[size] > at_own + OVERLAP_MARGIN:
-            parts.append(f"{head}: overlapped: {100 * measured[size]:.0f}% of the limit measured at {threads} "
-                         f"threads against {100 * at_own:.0f}% if it were not")
+            parts.append(f"{head}: overlapped: {100 * measured[size]:.0f}% of the limit measured at "
+                         f"{threads_text(threads)} against {100 * at_own:.0f}% if it were not")
         else:
             estimates = ", ".join(f"N={n}: {100 * efficiency(n, fixed.median, decode_s):.0f}%"
                                   for n in estimate_threads)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -16,8 +16,8 @@ def pages_report(beton: Path | None, worlds: Sequence[int] = (1, 2, 8), seed: in
     Uses the page of every sample in ``beton`` if given, and a simulated ImageNet-1k
     train beton (1,281,167 samples, 380 per 8 MiB page, about 22 KiB each at 256 q90).
     """
-    from writers.ffcv_api import Reader
     from jit_ffcv.order import epoch_order, max_open_pages, pages_touched, reader_sample_pages
+    from writers.ffcv_api import Reader
 
     layouts: list[tuple[str, np.ndarray]] = []
     if beton is not None:

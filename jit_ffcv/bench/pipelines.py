@@ -7,9 +7,10 @@ FFCV's process-wide thread settings never leak from one to the next.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -159,8 +160,16 @@ def _count(loader: Any, first: FirstBatch | None) -> int:
 
 def _ffcv_epochs(cfg: dict[str, Any], first: FirstBatch) -> Callable[[int], int]:
     """A bare FFCV Loader as its docs suggest: QUASI_RANDOM, FFCV's own flip."""
-    from writers.ffcv_api import (IntDecoder, Loader, OrderOption, RandomHorizontalFlip, SimpleRGBImageDecoder, Squeeze,
-                                  ToTensor, ToTorchImage)
+    from writers.ffcv_api import (
+        IntDecoder,
+        Loader,
+        OrderOption,
+        RandomHorizontalFlip,
+        SimpleRGBImageDecoder,
+        Squeeze,
+        ToTensor,
+        ToTorchImage,
+    )
 
     image = [SimpleRGBImageDecoder()] + ([RandomHorizontalFlip()] if cfg["flip"] else []) + [ToTensor(), ToTorchImage()]
     first.begin()

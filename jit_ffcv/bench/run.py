@@ -8,15 +8,16 @@ speeds up or slows down during the run moves both; each row reports medians and 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from jit_ffcv.bench.data import build_betons
 from jit_ffcv.bench.limit import Payloads, limit_rates, one_core_rate
 from jit_ffcv.bench.pipelines import Spec, child_config, spawn_child
 from jit_ffcv.bench.report import Result
-from jit_ffcv.bench.stats import Spread, ratios
+from jit_ffcv.bench.stats import Spread, ratios, threads as threads_text
 from writers.folder import FolderScan
 
 
@@ -58,7 +59,8 @@ def limit_note(size: int, key: tuple[str, int], runs: Sequence[dict[str, Any]]) 
     naive = Spread.of([r["one_core_x_n"] for r in runs])
     share = ratios([r["honest"] for r in runs], [r["one_core_x_n"] for r in runs]).text(0, 100, "%")
     apart = "" if all(r["overlapped"] for r in runs) else " (warning: the threads did not all run at once)"
-    return (f"{size}px {name}, {threads} threads: honest limit {honest.text()} img/s ({threads} threads, each its own "
+    n = threads_text(threads)
+    return (f"{size}px {name}, {n}: honest limit {honest.text()} img/s ({n}, each its own "
             f"slice of the stored payloads, {what} at the same time); one core × {threads} = {naive.text()} img/s; "
             f"honest / (one core × N) = {share}{apart}.")
 

@@ -10,9 +10,10 @@ import argparse
 import json
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -85,8 +86,8 @@ class Row:
 
 def measure(beton: Path, small: Path | None, src: Path, args: argparse.Namespace) -> list[Row]:
     """Build (unless cached) and measure; returns the table rows."""
-    from writers.ffcv_api import Reader
     from jit_ffcv.order import epoch_order, reader_sample_pages
+    from writers.ffcv_api import Reader
 
     rows: list[Row] = []
     peaks: dict[int, float] = {}

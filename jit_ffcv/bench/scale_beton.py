@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -35,9 +36,9 @@ def build_scale_beton(src: Path, out: Path, num_samples: int, seed: int = 0) -> 
     payload is ``src``'s sample ``perm[p] % len(src)``. No decoding: pages are filled by memory copies
     and written 8 MiB at a time. Returns the published sidecar's metadata.
     """
-    from writers.shuffle import sample_permutation
     from writers.beton import _partial_beton, _publish, read_payloads
     from writers.metadata import BetonMetadata, file_sha256, read_metadata
+    from writers.shuffle import sample_permutation
 
     if num_samples < 1:
         raise ValueError(f"--scale-samples must be >= 1, got {num_samples!r}")
@@ -97,6 +98,7 @@ def child_build(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def scale_datamodule(beton: Path, world: int, rank: int, workers: int, os_cache: bool = True) -> Any:
+    """The DataModule of the scale measurements: 256 px, train only, rank ``rank`` of ``world``."""
     from jit_ffcv import JiTDataModule
 
     return JiTDataModule(str(beton.parent), img_size=256, batch_size=BATCH_SIZE, num_workers=workers,
@@ -105,6 +107,7 @@ def scale_datamodule(beton: Path, world: int, rank: int, workers: int, os_cache:
 
 
 def child_load(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Load ``cfg['batches']`` batches in this process: img/s and this process's peak RSS."""
     dm = scale_datamodule(Path(cfg["beton"]), 1, 0, cfg["workers"], os_cache=cfg["os_cache"])
     dm.setup("fit")
     loader = dm.train_dataloader()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 
 @dataclass(frozen=True)
@@ -36,3 +36,8 @@ def ratios(values: Sequence[float], bases: Sequence[float]) -> Spread:
     if len(values) != len(bases):
         raise ValueError(f"{len(values)} values against {len(bases)} bases: rounds must pair up")
     return Spread.of([v / b for v, b in zip(values, bases)])
+
+
+def threads(n: int) -> str:
+    """``1 thread``, ``2 threads``."""
+    return f"{n} thread{'' if n == 1 else 's'}"
