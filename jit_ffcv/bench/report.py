@@ -13,7 +13,7 @@ import numpy as np
 
 from jit_ffcv.bench.machine import describe
 from jit_ffcv.bench.pipelines import PIPELINES
-from jit_ffcv.bench.stats import Spread, ratios
+from jit_ffcv.bench.stats import Spread, ratios, threads
 
 BLOCK_START, BLOCK_END = "<!-- bench:{tag}:start -->", "<!-- bench:{tag}:end -->"
 #: the document ``make bench`` writes its blocks into
@@ -72,7 +72,7 @@ def markdown(results: list[Result], sizes: Sequence[int], info: dict[str, Any], 
         first = by.get((name, sizes[0]))
         row.append(_fmt(first.bytes_per_image / 1024, 1) if first and first.bytes_per_image else "")
         rows.append("| " + " | ".join(row) + " |")
-    machine = describe(info) + f" {info['workers']} loader threads."
+    machine = describe(info) + f" {threads(info['workers'])} per loader (--workers)."
     return "\n".join(rows + ["", machine] + [f"- {n}" for n in notes])
 
 
