@@ -31,30 +31,34 @@ demo: install
 	$(VENV)/bin/jit-ffcv demo
 
 # Measures on this machine and rewrites the generated blocks of docs/benchmarks.md (and docs/bench_cpu.png).
-# Costs (2-core box): about 60 min and 3 GB under bench_out/ (betons, kept and reused by the next run);
-# each command prints its own estimate first. The ImageNet-scale rows are opt-in: make bench-scale (31 GB).
+# Cost on a 2-core box, estimated: about 45 min and 6 GB under bench_out/ (betons, kept and reused by the next
+# run); the two throughput commands print their own estimate first. ImageNet-scale rows: make bench-scale.
 BENCH    := $(VENV)/bin/jit-ffcv bench --doc docs/benchmarks.md --out bench_out
 REPEAT   ?= 3
 bench: install
+	@echo "make bench: about 45 min and 6 GB under bench_out/ on a 2-core box (REPEAT=$(REPEAT) rounds); the 31 GB ImageNet-scale rows are make bench-scale"
 	$(BENCH) --quality-table
 	$(BENCH) --pages
 	$(BENCH) --mixing
 	$(BENCH) --repeat $(REPEAT) --chart docs/bench_cpu.png
 	$(BENCH) --repeat $(REPEAT) --procs 2 --workers 1 --skip-writer
 
-# ImageNet-size betons (1,281,167 samples): about 31 GB under bench_out/betons and 10-20 min the first time.
+# ImageNet-size betons (1,281,167 and 128,116 samples): about 31 GB under bench_out/betons, built once at copy
+# speed (minutes) and reused; the measurements take about 10 min.
 bench-scale: install
+	@echo "make bench-scale: writes about 31 GB under bench_out/betons (kept for reruns; delete to re-measure the build)"
 	$(BENCH) --scale
 
 # On a CUDA machine (make install TORCH=... with a CUDA build): the GPU delivery stress test, then the
 # throughput rows with batches delivered on the GPU (uint8 and JiT's float) next to a bare FFCV Loader, and
 # the node layout 8 processes x 2 threads against 1 x 16, written to docs/benchmarks.md's gpu blocks.
+GPU_REPEAT ?= 2
 gpu-check: install
 	$(PY) -m pytest -q -rs tests/test_gpu.py
 	$(VENV)/bin/jit-ffcv bench --device cuda --pipelines "reference" "FFCV Loader, no flip, jpg q90" \
-		"jit-ffcv DataModule, jpg q90" --skip-writer --repeat 2 --target-samples 20000 --out bench_out_gpu \
-		--doc docs/benchmarks.md --tag gpu --chart bench_out_gpu/chart.png
-	$(VENV)/bin/jit-ffcv bench --procs 8 --workers 2 --repeat 2 --target-samples 20000 --skip-writer \
+		"jit-ffcv DataModule, jpg q90" --skip-writer --repeat $(GPU_REPEAT) --target-samples 20000 \
+		--out bench_out_gpu --doc docs/benchmarks.md --tag gpu --chart bench_out_gpu/chart.png
+	$(VENV)/bin/jit-ffcv bench --procs 8 --workers 2 --repeat $(GPU_REPEAT) --target-samples 20000 --skip-writer \
 		--out bench_out_gpu --doc docs/benchmarks.md --tag gpu-node
 
 clean:

@@ -26,7 +26,7 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("bench_data"), num_classes=3, per_class=4, broken=False).root
 
 
-def test_bench_end_to_end(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_bench_end_to_end(tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- bench:cpu:start -->\nold\n<!-- bench:cpu:end -->\noutro\n")
     out = tmp_path / "out"
@@ -36,6 +36,8 @@ def test_bench_end_to_end(tiny_dataset: Path, tmp_path: Path) -> None:
         "--pipelines", "reference", "jit-ffcv DataModule, raw", "fast decode", "--out", str(out), "--readme", str(readme),
     ])
     assert bench.main(args) == 0
+    # the cost first: 3 pipelines x 1 size x 1 round + the fixed-cost run, no writer runs
+    assert capsys.readouterr().out.startswith("jit-ffcv bench: 4 fresh processes; roughly ")
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["name"] for r in rows] == ["reference (PIL + DataLoader)", "jit-ffcv DataModule, fast decode (biased), jpg q90",
                                          "jit-ffcv DataModule, raw"]

@@ -165,7 +165,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Build the ImageNet-size beton (cached under ``--out``), measure, print; update the README with --readme."""
+    """Build the ImageNet-size beton (cached under ``--out``), measure, print; with --doc, its scale block."""
     from jit_ffcv.bench.report import update_doc
 
     if args.scale_samples < 1 or args.scale_batches < 1:
