@@ -22,11 +22,18 @@ from jit_ffcv.bench.memory import own_peak_mib
 READY, GO = "READY ", "GO "
 
 
-def rank_loader(cfg: dict[str, Any]) -> Any:
-    """Rank ``cfg['rank']`` of ``cfg['procs']``: the DataModule's train loader on its own shard."""
+def rank_loader(cfg: dict[str, Any], first: Any = None) -> Any:
+    """Rank ``cfg['rank']`` of ``cfg['procs']``: the DataModule's train loader on its own shard.
+
+    ``first`` (a :class:`~jit_ffcv.bench.pipelines.FirstBatch`) starts its clock just before
+    ``train_dataloader()``, as in the single-process rows.
+    """
     from jit_ffcv.bench.pipelines import jit_datamodule
 
-    return jit_datamodule(cfg, num_replicas=cfg["procs"], rank=cfg["rank"]).train_dataloader()
+    dm = jit_datamodule(cfg, num_replicas=cfg["procs"], rank=cfg["rank"])
+    if first is not None:
+        first.begin()
+    return dm.train_dataloader()
 
 
 def run_rank(cfg: dict[str, Any], stdin: TextIO, stdout: TextIO) -> dict[str, Any]:
@@ -34,8 +41,7 @@ def run_rank(cfg: dict[str, Any], stdin: TextIO, stdout: TextIO) -> dict[str, An
     from jit_ffcv.bench.pipelines import FirstBatch, loader_epochs
 
     first = FirstBatch()
-    first.begin()
-    epoch = loader_epochs(rank_loader(cfg), first)
+    epoch = loader_epochs(rank_loader(cfg, first), first)
     epoch(0)  # warm-up: compilation
     start = time.perf_counter()
     epoch(1)
