@@ -41,14 +41,17 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Register the benchmark's options on ``p``, and list the pipelines ``--pipelines`` selects in its help."""
     p.formatter_class = argparse.RawDescriptionHelpFormatter  # keeps the pipeline list one per line
     p.epilog = f"pipelines (--pipelines takes a part of a name; the reference is the ratio's base):\n{help_lines()}"
-    p.add_argument("--data-path", default=None, help="dataset root with train/ (default: shared sample, else synthetic)")
+    p.add_argument("--data-path", default=None,
+                   help="dataset root with train/ (default: shared sample, else synthetic)")
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2,
-                   help="decoding threads per process (default: the usable CPUs)")
-    p.add_argument("--target-samples", type=int, default=3000, help="replicate the source up to about this many samples")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
+    p.add_argument("--workers", type=int, default=cpus, help="decoding threads per process (default: the usable CPUs)")
+    p.add_argument("--target-samples", type=int, default=3000,
+                   help="replicate the source up to about this many samples")
     p.add_argument("--epochs", type=int, default=4, help="FFCV epochs per pipeline (the first is warm-up; >= 2)")
-    p.add_argument("--min-seconds", type=float, default=3.0, help="run FFCV pipelines at least this long (steady part)")
+    p.add_argument("--min-seconds", type=float, default=3.0,
+                   help="run FFCV pipelines at least this long (steady part)")
     p.add_argument("--repeat", type=int, default=1, help="interleaved rounds of the limit and every pipeline; tables "
                    "show medians with the spread (min-max)")
     p.add_argument("--procs", type=int, default=None, help="node layout only: this many processes (the ranks of one "

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from jit_ffcv.bench.stats import Spread, threads as threads_text
+from jit_ffcv.bench.stats import Spread
+from jit_ffcv.bench.stats import threads as threads_text
 
 #: image size of the fixed-cost beton (the DataModule's smallest)
 FIXED_SIZE = 32

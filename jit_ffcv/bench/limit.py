@@ -118,7 +118,7 @@ def slices(n: int, threads: int) -> list[tuple[int, int]]:
     if not 1 <= threads <= n:
         raise ValueError(f"the decode limit needs 1 to {n} threads for {n} payloads (one slice each), got {threads}")
     bounds = np.linspace(0, n, threads + 1).round().astype(int).tolist()
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
 
 
 def threaded_rate(payloads: Payloads, threads: int, seconds: float = 1.5, flags: int = 0,

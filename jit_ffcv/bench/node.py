@@ -76,9 +76,9 @@ def run_layout(cfg: dict[str, Any], procs: int, timeout: float = 1800) -> dict[s
     ranks = [cfg | {"kind": "node", "procs": procs, "rank": i} for i in range(procs)]
     errs = [tempfile.TemporaryFile(mode="w+") for _ in ranks]
     children = [subprocess.Popen(command(c), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=e, text=True,
-                                 env=child_env()) for c, e in zip(ranks, errs)]
+                                 env=child_env()) for c, e in zip(ranks, errs, strict=True)]
     try:
-        ready = [_ready(p, c, e) for p, c, e in zip(children, ranks, errs)]
+        ready = [_ready(p, c, e) for p, c, e in zip(children, ranks, errs, strict=True)]
         epochs = steady_epochs([r["epoch_s"] for r in ready], cfg["epochs"], cfg.get("min_seconds", 0.0))
         start = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process of the machine
         for p in children:
@@ -87,7 +87,7 @@ def run_layout(cfg: dict[str, Any], procs: int, timeout: float = 1800) -> dict[s
             p.stdin.close()
         outputs = [p.stdout.read() for p in children]
         results = []
-        for p, c, e, out in zip(children, ranks, errs, outputs):
+        for p, c, e, out in zip(children, ranks, errs, outputs, strict=True):
             e.seek(0)
             results.append(parse(c, p.wait(timeout=timeout), out, e.read()))
     finally:

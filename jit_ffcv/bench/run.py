@@ -17,7 +17,8 @@ from jit_ffcv.bench.data import build_betons
 from jit_ffcv.bench.limit import Payloads, limit_rates, one_core_rate
 from jit_ffcv.bench.pipelines import Spec, child_config, spawn_child
 from jit_ffcv.bench.report import Result
-from jit_ffcv.bench.stats import Spread, ratios, threads as threads_text
+from jit_ffcv.bench.stats import Spread, ratios
+from jit_ffcv.bench.stats import threads as threads_text
 from writers.folder import FolderScan
 
 

@@ -121,7 +121,7 @@ def measure(beton: Path, small: Path | None, src: Path, args: argparse.Namespace
                     "mostly FFCV's MemoryManager, which builds Python dicts/sets over all samples (not fixed)"))
     pages = reader_sample_pages(Reader(str(beton)))
     for w in WORLDS:
-        secs = _best(lambda: epoch_order(pages, np.arange(n), kind="quasi_random", num_replicas=w, rank=w - 1,
+        secs = _best(lambda w=w: epoch_order(pages, np.arange(n), kind="quasi_random", num_replicas=w, rank=w - 1,
                                          seed=0, epoch=3, buffer_pages=2 * BATCH_SIZE))
         rows.append(Row(f"quasi_random order of one epoch, W={w}", f"{secs:.3f} s", "one rank (the last)"))
     rows.append(Row("resume, same world W=8", f"{resume_seconds(beton, 8, 8, args.workers):.3f} s",

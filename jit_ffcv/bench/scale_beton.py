@@ -49,7 +49,7 @@ def build_scale_beton(src: Path, out: Path, num_samples: int, seed: int = 0) -> 
     start = time.perf_counter()
     with _partial_beton(out, num_samples, src_meta.mode, src_meta.quality or 90) as beton:
         for chunk in np.array_split(perm, max(1, num_samples // 65536)):  # no N-long Python list
-            for index, label in zip(chunk.tolist(), labels[chunk].tolist()):
+            for index, label in zip(chunk.tolist(), labels[chunk].tolist(), strict=True):
                 beton.append(payloads[index % len(payloads)], label, src_meta.img_size, index)
     seconds = time.perf_counter() - start
     partial = beton.path

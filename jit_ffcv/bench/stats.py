@@ -35,7 +35,7 @@ def ratios(values: Sequence[float], bases: Sequence[float]) -> Spread:
     """Spread of ``values[r] / bases[r]``: each round against the base measured in the same round."""
     if len(values) != len(bases):
         raise ValueError(f"{len(values)} values against {len(bases)} bases: rounds must pair up")
-    return Spread.of([v / b for v, b in zip(values, bases)])
+    return Spread.of([v / b for v, b in zip(values, bases, strict=True)])
 
 
 def threads(n: int) -> str:
