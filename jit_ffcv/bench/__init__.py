@@ -9,7 +9,7 @@ medians with the spread. Results are markdown blocks of ``docs/benchmarks.md``, 
 
 Modules, one concept each: ``cli`` (options, the runs they select), ``checks`` (options checked
 up front), ``cost`` (time and disk printed before a run), ``run`` (interleaved rounds), ``limit``
-(the decode limit), ``pipelines`` (what is measured, in a child), ``child`` (fresh processes),
+(the decode limit), ``pipelines`` (what is measured, in a child), ``spawn`` and ``child`` (fresh processes),
 ``node`` (P ranks × K threads), ``fixed`` (fixed cost per batch), ``stats`` (median and spread),
 ``measure`` (epoch timing, writer rates), ``memory`` (peak RSS), ``machine`` (the machine line),
 ``data`` (source split and betons), ``report`` (table, chart, generated blocks), ``quality``,

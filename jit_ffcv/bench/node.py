@@ -16,7 +16,7 @@ import tempfile
 import time
 from typing import Any, TextIO
 
-from jit_ffcv.bench.child import child_env, command, parse
+from jit_ffcv.bench.spawn import child_env, command, parse
 from jit_ffcv.bench.memory import own_peak_mib
 
 READY, GO = "READY ", "GO "

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from jit_ffcv.bench.child import spawn
+from jit_ffcv.bench.spawn import spawn
 from jit_ffcv.bench.scale_beton import BATCH_SIZE, scale_datamodule, source_beton
 from jit_ffcv.imagenet import TRAIN_SAMPLES as IMAGENET_TRAIN
 
