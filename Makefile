@@ -7,7 +7,8 @@
 ## make lint        ruff over the project (also the first step of make test)
 ## make stress      the writer's signal stress test
 ## make demo        write a small beton, train a tiny JiT, compare img/s with the reference
-## make bench       remeasure docs/benchmarks.md's tables (long; about 31 GB under bench_out/)
+## make bench       remeasure docs/benchmarks.md's tables (about 45 min and 6 GB under bench_out/ on 2 cores)
+## make bench-scale the ImageNet-size rows (about 31 GB under bench_out/betons)
 ## make gpu-check   on a CUDA machine: GPU delivery and GPU decode tests, decode fidelity/throughput, the gpu table
 ## make clean       remove .venv, build/ and *.egg-info
 # TORCH: the torch requirement installed first; the default is the CPU build.
@@ -19,7 +20,7 @@ TORCH   ?= torch==2.13.0
 APT_PKGS := pkg-config libopencv-dev libturbojpeg0-dev
 STAMP   := $(VENV)/.jit-ffcv-installed
 
-.PHONY: install system-deps test check lint demo bench gpu-check clean help
+.PHONY: install system-deps test check lint demo bench bench-scale gpu-check clean help
 
 install: system-deps $(STAMP)
 
@@ -47,26 +48,41 @@ lint: install
 demo: install
 	$(VENV)/bin/jit-ffcv demo
 
-# Measures on this machine and rewrites the generated tables of docs/benchmarks.md and docs/bench_cpu.png.
-# TODO lead: the commands below still pass --readme README.md; the bench branch points them at docs/benchmarks.md.
+# Measures on this machine and rewrites the generated blocks of docs/benchmarks.md (and docs/bench_cpu.png).
+# Cost on a 2-core box, estimated: about 45 min and 6 GB under bench_out/ (betons, kept and reused by the next
+# run); the two throughput commands print their own estimate first. ImageNet-scale rows: make bench-scale.
+BENCH    := $(VENV)/bin/jit-ffcv bench --doc docs/benchmarks.md --out bench_out
+REPEAT   ?= 3
 bench: install
-	$(VENV)/bin/jit-ffcv bench --quality-table --readme README.md --out bench_out
-	$(VENV)/bin/jit-ffcv bench --pages --readme README.md --out bench_out
-	$(VENV)/bin/jit-ffcv bench --mixing --readme README.md --out bench_out
-	$(VENV)/bin/jit-ffcv bench --scale --readme README.md --out bench_out
-	$(VENV)/bin/jit-ffcv bench --readme README.md --out bench_out --chart docs/bench_cpu.png
+	@echo "make bench: about 45 min and 6 GB under bench_out/ on a 2-core box (REPEAT=$(REPEAT) rounds); the 31 GB ImageNet-scale rows are make bench-scale"
+	$(BENCH) --quality-table
+	$(BENCH) --pages
+	$(BENCH) --mixing
+	$(BENCH) --repeat $(REPEAT) --chart docs/bench_cpu.png
+	$(BENCH) --repeat $(REPEAT) --procs 2 --workers 1 --skip-writer
+
+# ImageNet-size betons (1,281,167 and 128,116 samples): about 31 GB under bench_out/betons, built once at copy
+# speed (minutes) and reused; the measurements take about 10 min.
+bench-scale: install
+	@echo "make bench-scale: writes about 31 GB under bench_out/betons (kept for reruns; delete to re-measure the build)"
+	$(BENCH) --scale
 
 # On a CUDA machine (make install TORCH=... with a CUDA build): the gpu extra (nvImageCodec; CUDA 13 torch:
 # pip install "nvidia-nvimgcodec-cu13[nvjpeg]" instead), the GPU delivery and GPU decode tests, the GPU decode's
 # fidelity and throughput tables (bench_out_gpu/gpu_decode.md; a machine without network:
 # tests/helpers/gpu_session.sh), then the throughput rows with batches delivered on the GPU (uint8 and JiT's
-# float), written to docs/benchmarks.md's gpu block.
+# float) next to a bare FFCV Loader, and the node layout 8 processes x 2 threads against 1 x 16, written to
+# docs/benchmarks.md's gpu blocks.
+GPU_REPEAT ?= 2
 gpu-check: install
 	$(PY) -m pip install -q -e ".[gpu]"
 	$(PY) -m pytest -q -rs tests/test_gpu.py tests/test_gpu_decode_cuda.py
 	$(PY) tests/helpers/gpu_measure.py --out bench_out_gpu/gpu_decode.md --work bench_out_gpu/decode
-	$(VENV)/bin/jit-ffcv bench --device cuda --pipelines "reference" "jit-ffcv DataModule, jpg q90" --skip-writer \
-		--target-samples 20000 --out bench_out_gpu --readme README.md --tag gpu --chart bench_out_gpu/chart.png
+	$(VENV)/bin/jit-ffcv bench --device cuda --pipelines "reference" "FFCV Loader, no flip, jpg q90" \
+		"jit-ffcv DataModule, jpg q90" --skip-writer --repeat $(GPU_REPEAT) --target-samples 20000 \
+		--out bench_out_gpu --doc docs/benchmarks.md --tag gpu --chart bench_out_gpu/chart.png
+	$(VENV)/bin/jit-ffcv bench --procs 8 --workers 2 --repeat $(GPU_REPEAT) --target-samples 20000 --skip-writer \
+		--out bench_out_gpu --doc docs/benchmarks.md --tag gpu-node
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -26,7 +26,7 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("bench_data"), num_classes=3, per_class=4, broken=False).root
 
 
-def test_bench_end_to_end(tiny_dataset: Path, tmp_path: Path) -> None:
+def test_bench_end_to_end(tiny_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- bench:cpu:start -->\nold\n<!-- bench:cpu:end -->\noutro\n")
     out = tmp_path / "out"
@@ -36,26 +36,36 @@ def test_bench_end_to_end(tiny_dataset: Path, tmp_path: Path) -> None:
         "--pipelines", "reference", "jit-ffcv DataModule, raw", "fast decode", "--out", str(out), "--readme", str(readme),
     ])
     assert bench.main(args) == 0
+    # the cost first: 3 pipelines x 1 size x 1 round + the fixed-cost run, no writer runs
+    assert capsys.readouterr().out.startswith("jit-ffcv bench: 4 fresh processes; roughly ")
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["name"] for r in rows] == ["reference (PIL + DataLoader)", "jit-ffcv DataModule, fast decode (biased), jpg q90",
                                          "jit-ffcv DataModule, raw"]
     assert all(float(r["img_per_s"]) > 0 and float(r["peak_rss_mib"]) > 0 for r in rows)
     data = json.loads((out / "results.json").read_text())
     assert data["machine"]["workers"] == 1 and "12 images replicated ×4 = 48 samples" in data["notes"][0]
-    # the jpg limit is the accurate decode's; the fast decode's rate is a note of its own
-    assert [n.split(":")[0] for n in data["notes"][1:]] == ["64px jpg90", "64px raw", "64px jpg90"]
-    assert data["notes"][1].startswith("64px jpg90: limit = one core's accurate decode rate ")
+    # the jpg limit is the accurate decode's, by 1 thread; the fast decode's rate is a note of its own
+    assert [n.split(":")[0] for n in data["notes"][1:]] == ["64px jpg90, 1 thread", "64px raw, 1 thread",
+                                                           "64px jpg90", "Fixed cost per batch (DataModule, 32 px raw "
+                                                           "beton, batch 8, 1 thread)"]
+    assert data["notes"][1].startswith("64px jpg90, 1 thread: honest limit ")
+    assert "img/s (1 thread, each its own slice of the stored payloads, accurate decode at the same time); " \
+           "one core × 1 = " in data["notes"][1]
     assert data["notes"][3].startswith("64px jpg90: one core's fast-IDCT decode (opt-in, biased) ")
+    assert "64px (one thread decodes a batch in " in data["notes"][4]
+    assert all(len(r["rounds"]) == 1 and len(r["first_batch_rounds"]) == 1 for r in data["results"])
+    assert [len(r["limit_rounds"]) for r in data["results"]] == [0, 1, 1]
     text = readme.read_text()
     assert text.startswith("intro\n<!-- bench:cpu:start -->\n| pipeline |") and text.endswith("<!-- bench:cpu:end -->\noutro\n")
+    assert "| 64px 1st batch s |" in text and "\nMachine: " in text
     assert "old" not in text and (out / "chart.png").stat().st_size > 1000
 
 
-def test_update_readme_needs_markers(tmp_path: Path) -> None:
-    readme = tmp_path / "README.md"
-    readme.write_text("no markers here\n")
+def test_update_doc_needs_markers(tmp_path: Path) -> None:
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("no markers here\n")
     with pytest.raises(ValueError, match="bench:cpu:start"):
-        bench.update_readme(readme, "cpu", "table")
+        bench.update_doc(doc, "cpu", "table")
 
 
 def _bias_cell(decoded: list[np.ndarray], crops: list[np.ndarray]) -> str:
@@ -142,10 +152,10 @@ def test_missing_dependency_is_one_line_from_the_command(tmp_path: Path) -> None
      ["matplotlib", "psutil", "tqdm", "lightning", "numba", "PIL", "torch", "ffcv", "torch"]),
 ])
 def test_needed_modules_follow_the_selection(argv: list[str], modules: list[str]) -> None:
-    from jit_ffcv.bench.cli import _specs, needed_modules
+    from jit_ffcv.bench.cli import needed_modules, specs_of
 
     args = _bench_args(*argv)
-    specs = _specs(args) if argv[0] == "--pipelines" else []
+    specs = specs_of(args) if argv[0] == "--pipelines" else []
     assert needed_modules(args, specs) == modules
 
 

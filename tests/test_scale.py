@@ -16,7 +16,7 @@ import pytest
 from jit_ffcv import bench
 from writers.shuffle import sample_permutation
 from jit_ffcv.order import _dense_page_ids, _stable_argsort_small, epoch_order, epoch_orders
-from jit_ffcv.bench.scale import build_scale_beton, imagenet_labels
+from jit_ffcv.bench.scale_beton import build_scale_beton, imagenet_labels
 from jit_ffcv.synthetic import make_image_folder
 from writers.beton import _partial_beton, read_indices, read_payloads
 from writers.metadata import read_metadata
@@ -114,7 +114,7 @@ def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_scale_beton_copies_payloads_in_the_writers_layout(tiny_source: Path, tmp_path: Path) -> None:
-    from jit_ffcv.bench.scale import source_beton
+    from jit_ffcv.bench.scale_beton import source_beton
 
     src, _ = source_beton(str(tiny_source), tmp_path, 1)
     out = tmp_path / "scale.beton"

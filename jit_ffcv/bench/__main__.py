@@ -1,7 +1,7 @@
-"""``python -m jit_ffcv.bench``: the same as ``jit-ffcv bench`` (and the entry of its child processes)."""
+"""``python -m jit_ffcv.bench``: the same as ``jit-ffcv bench``."""
 
 import sys
 
-from jit_ffcv.bench.cli import _entry
+from jit_ffcv.bench.cli import main, parse_args
 
-sys.exit(_entry())
+sys.exit(main(parse_args()))

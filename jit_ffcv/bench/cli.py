@@ -1,25 +1,33 @@
-"""``jit-ffcv bench``: its options, and the run that measures every selected pipeline at every size."""
+"""``jit-ffcv bench``: its options, their checks, and the runs they select."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+from jit_ffcv.bench.checks import check_args
+from jit_ffcv.bench.cost import cost_line, estimate
 from jit_ffcv.bench.data import build_betons, dataset_scan
 from jit_ffcv.bench.deps import BENCH_EXTRA, MissingDependencyError, require
-from jit_ffcv.bench.measure import decode_rate_one_core, machine_info, writer_rates
+from jit_ffcv.bench.fixed import FIXED_SIZE, fixed_note, fixed_seconds
+from jit_ffcv.bench.machine import describe, machine_info
+from jit_ffcv.bench.measure import writer_rates
 from jit_ffcv.bench.pages import pages_report
-from jit_ffcv.bench.pipelines import KIND_MODULES, Spec, child_config, help_lines, run_child, select, spawn_child
+from jit_ffcv.bench.pipelines import KIND_MODULES, PIPELINES, Spec, child_config, help_lines, select, spawn_child
 from jit_ffcv.bench.quality import quality_table
-from jit_ffcv.bench.report import Result, markdown, save_results, update_readme
+from jit_ffcv.bench.report import DOC, Result, markdown, save_results, update_doc
+from jit_ffcv.bench.run import Job, measure_size
+from jit_ffcv.bench.stats import Spread, ratios, threads
 from writers.beton import replicate_beton
 from writers.folder import FolderScan
 
 DESCRIPTION = "Throughput benchmark: the JiT reference loader, bare FFCV and jit-ffcv, side by side."
+#: the pipelines of the node layout (``--procs``): the DataModule at several layouts, and bare FFCV next to it
+NODE_DATAMODULE, NODE_FFCV = "jit-ffcv DataModule, jpg q90", "FFCV Loader, no flip, jpg q90"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -33,19 +41,29 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Register the benchmark's options on ``p``, and list the pipelines ``--pipelines`` selects in its help."""
     p.formatter_class = argparse.RawDescriptionHelpFormatter  # keeps the pipeline list one per line
     p.epilog = f"pipelines (--pipelines takes a part of a name; the reference is the ratio's base):\n{help_lines()}"
-    p.add_argument("--data-path", default=None, help="dataset root with train/ (default: shared sample, else synthetic)")
+    p.add_argument("--data-path", default=None,
+                   help="dataset root with train/ (default: shared sample, else synthetic)")
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2)
-    p.add_argument("--target-samples", type=int, default=3000, help="replicate the source up to about this many samples")
-    p.add_argument("--epochs", type=int, default=4, help="FFCV epochs per pipeline (the first is warm-up)")
-    p.add_argument("--min-seconds", type=float, default=3.0, help="run FFCV pipelines at least this long (steady part)")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2
+    p.add_argument("--workers", type=int, default=cpus, help="decoding threads per process (default: the usable CPUs)")
+    p.add_argument("--target-samples", type=int, default=3000,
+                   help="replicate the source up to about this many samples")
+    p.add_argument("--epochs", type=int, default=4, help="FFCV epochs per pipeline (the first is warm-up; >= 2)")
+    p.add_argument("--min-seconds", type=float, default=3.0,
+                   help="run FFCV pipelines at least this long (steady part)")
+    p.add_argument("--repeat", type=int, default=1, help="interleaved rounds of the limit and every pipeline; tables "
+                   "show medians with the spread (min-max)")
+    p.add_argument("--procs", type=int, default=None, help="node layout only: this many processes (the ranks of one "
+                   "node, each its own shard) of --workers threads, against the honest procs x workers limit")
     p.add_argument("--out", default="bench_out", help="folder for the table, CSV, JSON, chart and cached betons")
     p.add_argument("--pipelines", nargs="*", default=None, metavar="NAME",
                    help="parts of pipeline names (listed below) selecting the pipelines to measure (default: all)")
     p.add_argument("--skip-writer", action="store_true", help="skip the writer and memory-bound measurements")
-    p.add_argument("--readme", default=None, help="README to update between <!-- bench:TAG --> markers")
-    p.add_argument("--tag", default="cpu", help="marker tag used with --readme")
+    p.add_argument("--doc", "--readme", dest="doc", default=None, help=f"markdown file whose generated block "
+                   f"<!-- bench:TAG:start --> ... <!-- bench:TAG:end --> is replaced (make bench: {DOC})")
+    p.add_argument("--tag", default=None, help="block tag used with --doc (default: cpu; node with --procs; quality, "
+                   "pages, mixing, scale for those)")
     p.add_argument("--quality-table", action="store_true", help="only print the JPEG quality/PSNR/size table")
     p.add_argument("--device", default="cpu", help="also measure jit-ffcv with batches delivered on this device "
                    "(e.g. cuda): uint8 and JiT's float x/255*2-1")
@@ -80,19 +98,33 @@ def _check_dependencies(args: argparse.Namespace, specs: Sequence[Spec]) -> None
         sys.exit(f"jit-ffcv: error: {exc}")
 
 
-def _specs(args: argparse.Namespace) -> list[Spec]:
-    """The pipelines of a full run: ``--pipelines``' selection, plus delivery on ``--device`` if not the CPU."""
-    specs = select(args.pipelines)
-    if args.device != "cpu":
+def specs_of(args: argparse.Namespace) -> list[Spec]:
+    """The pipelines of a run: ``--pipelines``' selection (the node layout's two), plus delivery on ``--device``."""
+    specs = select([NODE_DATAMODULE, NODE_FFCV] if args.procs else args.pipelines)
+    if args.device != "cpu" and not args.procs:
         specs += [Spec(f"jit-ffcv DataModule → {args.device} {output}, jpg q90", "jit", "jpg90", output=output)
                   for output in ("uint8", "float")]
     return specs
 
 
+def jobs_of(args: argparse.Namespace, specs: Sequence[Spec]) -> list[Job]:
+    """The rows: every spec at ``--workers`` threads; with ``--procs P``, the node layouts at K and P x K threads."""
+    if not args.procs:
+        return [Job(s.name, s, args.workers) for s in specs]
+    p, k = args.procs, args.workers
+    dm, ffcv = (next(s for s in specs if s.name == name) for name in (NODE_DATAMODULE, NODE_FFCV))
+    jobs = [Job(f"jit-ffcv DataModule, 1 process × {threads(k)}, jpg q90", dm, k)]
+    if p > 1:
+        jobs += [Job(f"jit-ffcv DataModule, 1 process × {threads(p * k)}, jpg q90", dm, p * k),
+                 Job(f"jit-ffcv DataModule, {p} processes × {threads(k)}, jpg q90", dm, k, p)]
+    return jobs + [Job(f"FFCV Loader, no flip, 1 process × {threads(p * k)}, jpg q90", ffcv, p * k)]
+
+
 def main(args: argparse.Namespace) -> int:
-    """Check the dependencies, then run what ``args`` selects (by default every pipeline at every size)."""
+    """Check the options and dependencies, then run what ``args`` selects (by default every pipeline at every size)."""
+    check_args(args)
     full_run = not (args.scale or args.mixing or args.pages or args.quality_table)
-    specs = _specs(args) if full_run else []
+    specs = specs_of(args) if full_run else []
     _check_dependencies(args, specs)
     if args.scale:
         from jit_ffcv.bench.scale import main as scale_main
@@ -113,92 +145,88 @@ def main(args: argparse.Namespace) -> int:
     if args.quality_table:
         print(f"JPEG quality vs PSNR against the exact crop, on {source}:")
         return _publish(quality_table(scan, args.sizes), args, "quality", out / "quality.md")
-    return _run_pipelines(args, specs, scan, source, replicate, out)
+    return _run_pipelines(args, jobs_of(args, specs), scan, source, replicate, out)
 
 
 def _publish(table: str, args: argparse.Namespace, tag: str, path: Path | None = None) -> int:
-    """Print ``table``, save it to ``path`` and, with ``--readme``, into the README's ``tag`` block."""
+    """Print ``table`` with the machine's line, save it to ``path`` and, with ``--doc``, into its ``tag`` block."""
+    table = f"{table}\n\n{describe(machine_info(args.workers))}"
     print(table)
     if path is not None:
         path.write_text(table + "\n")
-    if args.readme:
-        update_readme(Path(args.readme), tag, table)
+    if args.doc:
+        update_doc(Path(args.doc), args.tag or tag, table)
     return 0
 
 
-def _run_pipelines(args: argparse.Namespace, specs: list[Spec], scan: FolderScan, source: str, replicate: int,
+def _run_pipelines(args: argparse.Namespace, jobs: list[Job], scan: FolderScan, source: str, replicate: int,
                    out: Path) -> int:
-    """Measure ``specs`` at every size, then the writer and memory notes; print and save everything."""
+    """Measure ``jobs`` at every size in ``--repeat`` rounds, then the fixed cost, writer and memory notes."""
     from tqdm import tqdm
 
+    fixed = not args.procs and any(j.spec.kind == "jit" for j in jobs)
+    seconds, disk = estimate(args, [(j.spec.kind, j.spec.beton) for j in jobs], len(scan.samples), replicate,
+                             len(jobs))
+    children = args.repeat * (len(jobs) * len(args.sizes) + fixed) + (0 if args.skip_writer or args.procs else 2)
+    print(cost_line(seconds, disk, children), flush=True)
     info = machine_info(args.workers)
     results: list[Result] = []
     notes = [f"Data: {source}, {len(scan.samples)} images replicated ×{replicate} = "
              f"{len(scan.samples) * replicate} samples per epoch; batch {args.batch_size}; "
-             f"FFCV rows: {args.epochs - 1} steady epochs after 1 warm-up epoch (compile), os_cache=True."]
-    bar = tqdm(total=len(specs) * len(args.sizes), desc="bench", unit="run")
+             f"FFCV rows: at least {args.epochs - 1} steady epochs and {args.min_seconds:g} s after 1 warm-up epoch "
+             f"(compile), os_cache=True; {args.repeat} interleaved round(s): median (min–max); ratios round by round; "
+             f"1st batch: seconds from building the loader (train_dataloader(), Loader(...)) to its first batch in a "
+             f"fresh process."]
+    bar = tqdm(total=len(jobs) * len(args.sizes) * args.repeat, desc="bench", unit="run")
+    limits: dict[int, dict[str, list[dict[str, Any]]]] = {}
     for size in args.sizes:
-        size_results, size_notes = _measure_size(args, specs, scan, replicate, size, out / "betons", bar)
+        size_results, size_notes, limits[size] = measure_size(args, jobs, scan, replicate, size, out / "betons", bar)
         results += size_results
         notes += size_notes
     bar.close()
-    if not args.skip_writer:
+    if fixed:
+        notes.append(_fixed_cost_note(args, scan, out / "betons", results, limits))
+    if not args.skip_writer and not args.procs:
         notes += _writer_and_memory_notes(scan, args, out / "betons")
     table = markdown(results, args.sizes, info, notes)
     print(table)
-    chart_path = save_results(results, args.sizes, info, notes, table, out, Path(args.chart) if args.chart else None)
-    if args.readme:
-        update_readme(Path(args.readme), args.tag, table)
-    print(f"\nsaved {out}/results.md, results.csv, results.json and {chart_path}")
+    name = "node" if args.procs else "results"
+    chart_path = save_results(results, args.sizes, info, notes, table, out, Path(args.chart) if args.chart else None,
+                              name=name)
+    if args.doc:
+        update_doc(Path(args.doc), args.tag or ("node" if args.procs else "cpu"), table)
+    print(f"\nsaved {out}/{name}.md, {name}.csv, {name}.json and {chart_path}")
     return 0
 
 
-def _measure_size(args: argparse.Namespace, specs: list[Spec], scan: FolderScan, replicate: int, size: int,
-                  work: Path, bar: Any) -> tuple[list[Result], list[str]]:
-    """Every spec at one image size, each in a fresh process, and the decode-bound notes of that size."""
-    from writers.metadata import read_metadata
-
-    names = sorted({s.beton for s in specs if s.beton})
-    betons = build_betons(scan, size, names, replicate, work, args.workers, progress=False)
-    limits = {n: decode_rate_one_core(p) * args.workers for n, p in betons.items()}
-    results = []
-    for spec in specs:
-        bar.set_postfix_str(f"{size}px {spec.name}")
-        reference = spec.kind == "reference"
-        cfg = child_config(spec, size, args.batch_size, args.workers, epochs=2 if reference else args.epochs,
-                           min_seconds=0.0 if reference else args.min_seconds, samples=scan.samples,
-                           replicate=replicate, beton=betons.get(spec.beton) if spec.beton else None,
-                           device=args.device if spec.name.startswith("jit-ffcv DataModule →") else None)
-        r = spawn_child(cfg)
-        bpi = None
-        if spec.beton:
-            meta = read_metadata(betons[spec.beton])
-            bpi = meta.payload_bytes / meta.num_samples
-        results.append(Result(spec.name, size, r["img_per_s"], r["first_epoch_s"], r["peak_rss_mib"], bpi,
-                              limits.get(spec.beton) if spec.beton else None))
-        bar.update(1)
-    notes = [f"{size}px {n}: limit = one core's {'accurate decode' if n != 'raw' else 'copy'} rate "
-             f"{limits[n] / args.workers:,.0f} img/s × {args.workers} workers = {limits[n]:,.0f} img/s."
-             for n in names]
-    if any(s.jpeg_decode == "fast" for s in specs):
-        fast = decode_rate_one_core(betons["jpg90"], jpeg_decode="fast")
-        notes.append(f"{size}px jpg90: one core's fast-IDCT decode (opt-in, biased) {fast:,.0f} img/s; the "
-                     f"accurate decode costs {100 * (fast * args.workers / limits['jpg90'] - 1):.1f}% more time "
-                     f"per image.")
-    return results, notes
+def _fixed_cost_note(args: argparse.Namespace, scan: FolderScan, work: Path, results: list[Result],
+                     limits: dict[int, dict[str, list[dict[str, Any]]]]) -> str:
+    """Measure the DataModule on a 32 px raw beton ``--repeat`` times; the estimate against this run's rows."""
+    replicate = max(1, round(args.target_samples / len(scan.samples)))
+    beton = build_betons(scan, FIXED_SIZE, ["raw"], replicate, work, args.workers, progress=False)["raw"]
+    spec = next(s for s in PIPELINES if s.name == "jit-ffcv DataModule, raw")
+    cfg = child_config(spec, FIXED_SIZE, args.batch_size, args.workers, epochs=args.epochs,
+                       min_seconds=args.min_seconds, beton=beton)
+    fixed = Spread.of([fixed_seconds(spawn_child(cfg)["img_per_s"], args.batch_size) for _ in range(args.repeat)])
+    key = f"jpg90@{args.workers}"
+    one_core = {s: Spread.of([r["one_core"] for r in runs[key]]).median for s, runs in limits.items() if key in runs}
+    measured = {r.img_size: ratios(r.rounds, r.limit_rounds).median for r in results
+                if r.name == NODE_DATAMODULE and len(r.limit_rounds) == len(r.rounds)}
+    return fixed_note(fixed, args.batch_size, one_core, measured, args.workers)
 
 
 def _writer_and_memory_notes(scan: FolderScan, args: argparse.Namespace, work: Path) -> list[str]:
     """Writer speed-up from 1 to N workers and loader RSS for two beton sizes (process cache)."""
-    notes = []
     from jit_ffcv.imagenet import TRAIN_SAMPLES as imagenet
+
+    notes = []
     for size in args.sizes:
         rates = writer_rates(scan, size, work, sorted({1, args.workers}))
         r1, rn = rates[1], rates[max(rates)]
         eff = rn / (r1 * max(rates))
         minutes = imagenet / (r1 * 16 * min(eff, 1.0)) / 60
         notes.append(f"Writer {size}px jpg q90: {r1:,.0f} img/s with 1 worker, {rn:,.0f} with {max(rates)} "
-                     f"({100 * eff:.0f}% linear); ImageNet-1k train (1,281,167 images) on 16 such cores ≈ "
+                     f"({100 * eff:.0f}% linear); ImageNet-1k train ({imagenet:,} images) on 16 such cores ≈ "
                      f"{minutes:.0f} min, extrapolated at that efficiency, files in the page cache.")
     size = args.sizes[0]
     unique = build_betons(scan, size, ["raw"], 1, work, args.workers, progress=False)["raw"]
@@ -217,10 +245,3 @@ def _writer_and_memory_notes(scan: FolderScan, args: argparse.Namespace, work: P
         f"beton {mib:,.0f} MiB → peak RSS {peak:,.0f} MiB" for _, mib, peak in rss) + ".")
     return notes
 
-
-def _entry(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--child"]:
-        print("RESULT " + json.dumps(run_child(json.loads(argv[1]))), flush=True)
-        return 0
-    return main(parse_args(argv))

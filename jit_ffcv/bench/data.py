@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from jit_ffcv.synthetic import SHARED_SAMPLE, make_image_folder
 from writers.beton import replicate_beton, write_beton
@@ -20,7 +20,8 @@ def dataset_scan(data_path: str | None, work: Path) -> tuple[FolderScan, str]:
     return scan_split(synth.root / "train"), "synthetic ImageFolder (no shared sample found)"
 
 
-def _mode_quality(name: str) -> tuple[str, int]:
+def mode_quality(name: str) -> tuple[str, int]:
+    """Writer mode and JPEG quality of a beton name: ``raw``, ``jpg90``, ``jpg95``."""
     return ("raw", 90) if name == "raw" else ("jpg", int(name[3:]))
 
 
@@ -29,7 +30,7 @@ def build_betons(scan: FolderScan, img_size: int, names: Iterable[str], replicat
     """Write each unique beton once (cached in ``work``) and a ``replicate``-times copy of it."""
     out: dict[str, Path] = {}
     for name in names:
-        mode, quality = _mode_quality(name)
+        mode, quality = mode_quality(name)
         unique = work / f"unique_{img_size}_{name}_{len(scan.samples)}.beton"
         if not unique.exists():
             write_beton(scan, unique, img_size=img_size, mode=mode, quality=quality, num_workers=workers,

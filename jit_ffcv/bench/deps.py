@@ -7,7 +7,7 @@ traceback or after every pipeline has been measured (the chart comes last).
 from __future__ import annotations
 
 import importlib.util
-from typing import Iterable
+from collections.abc import Iterable
 
 #: the ``bench`` extra of pyproject.toml: module -> what it is used for
 BENCH_EXTRA: dict[str, str] = {"matplotlib": "the chart", "psutil": "worker memory"}

@@ -6,18 +6,18 @@ FFCV's process-wide thread settings never leak from one to the next.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from jit_ffcv.bench.data import _mode_quality
-from jit_ffcv.bench.measure import PeakRSS, _time_epochs
+from jit_ffcv.bench.spawn import spawn
+from jit_ffcv.bench.data import mode_quality
+from jit_ffcv.bench.measure import time_epochs
+from jit_ffcv.bench.memory import PeakRSS
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,24 @@ def child_config(spec: Spec, img_size: int, batch_size: int, workers: int, *, ep
     return cfg | {"beton": str(beton), "beton_name": spec.beton}
 
 
-def _reference_epochs(cfg: dict[str, Any]) -> Callable[[int], int]:
+class FirstBatch:
+    """Seconds from building a loader (``begin``, just before) to its first batch (``seen``, at every batch)."""
+
+    def __init__(self) -> None:
+        self.start: float | None = None
+        self.seconds: float | None = None
+
+    def begin(self) -> None:
+        """The loader is about to be built: ``train_dataloader()``, ``Loader(...)`` or ``DataLoader(...)``."""
+        self.start = time.perf_counter()
+
+    def seen(self) -> None:
+        """A batch arrived; the first one stops the clock."""
+        if self.seconds is None and self.start is not None:
+            self.seconds = time.perf_counter() - self.start
+
+
+def _reference_epochs(cfg: dict[str, Any], first: FirstBatch) -> Callable[[int], int]:
     """The seed's pipeline: ImageFolder -> PIL -> RGB -> center_crop_arr -> flip -> uint8 CHW."""
     import torch
     from PIL import Image
@@ -120,51 +137,78 @@ def _reference_epochs(cfg: dict[str, Any]) -> Callable[[int], int]:
     samples = [tuple(s) for s in cfg["samples"]] * cfg["replicate"]
     dataset = Reference(samples, cfg["img_size"])
     sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=0)
+    first.begin()
     loader = DataLoader(dataset, batch_size=cfg["batch_size"], sampler=sampler, num_workers=cfg["workers"],
                         drop_last=True, persistent_workers=True, pin_memory=torch.cuda.is_available())
 
     def epoch(e: int) -> int:
         sampler.set_epoch(e)
-        return sum(len(y) for _, y in loader)
+        return _count(loader, first)
 
     return epoch
 
 
-def _ffcv_epochs(cfg: dict[str, Any]) -> Callable[[int], int]:
+def _count(loader: Any, first: FirstBatch | None) -> int:
+    """Images of one pass over ``loader``, telling ``first`` of every batch."""
+    n = 0
+    for _, y in loader:
+        n += len(y)
+        if first is not None:
+            first.seen()
+    return n
+
+
+def _ffcv_epochs(cfg: dict[str, Any], first: FirstBatch) -> Callable[[int], int]:
     """A bare FFCV Loader as its docs suggest: QUASI_RANDOM, FFCV's own flip."""
-    from writers.ffcv_api import (IntDecoder, Loader, OrderOption, RandomHorizontalFlip, SimpleRGBImageDecoder, Squeeze,
-                                  ToTensor, ToTorchImage)
+    from writers.ffcv_api import (
+        IntDecoder,
+        Loader,
+        OrderOption,
+        RandomHorizontalFlip,
+        SimpleRGBImageDecoder,
+        Squeeze,
+        ToTensor,
+        ToTorchImage,
+    )
 
     image = [SimpleRGBImageDecoder()] + ([RandomHorizontalFlip()] if cfg["flip"] else []) + [ToTensor(), ToTorchImage()]
+    first.begin()
     loader = Loader(cfg["beton"], batch_size=cfg["batch_size"], num_workers=cfg["workers"], os_cache=True,
                     order=OrderOption.QUASI_RANDOM, seed=0, drop_last=True,
                     pipelines={"image": image, "label": [IntDecoder(), ToTensor(), Squeeze()], "index": None})
-    return lambda e: sum(len(y) for _, y in loader)
+    return lambda e: _count(loader, first)
 
 
-def _jit_epochs(cfg: dict[str, Any]) -> Callable[[int], int]:
-    """jit-ffcv's DataModule train loader, defaults except the beton and sizes."""
+def jit_datamodule(cfg: dict[str, Any], num_replicas: int = 1, rank: int = 0) -> Any:
+    """jit-ffcv's DataModule on ``cfg``'s beton (train only), set up, as rank ``rank`` of ``num_replicas``."""
     from jit_ffcv.datamodule import JiTDataModule
 
-    mode, quality = _mode_quality(cfg["beton_name"])
+    mode, quality = mode_quality(cfg["beton_name"])
     dm = JiTDataModule(data_path=str(Path(cfg["beton"]).parent), img_size=cfg["img_size"],
                        batch_size=cfg["batch_size"], num_workers=cfg["workers"], mode=mode, quality=quality,
-                       train_beton=cfg["beton"], val_beton=str(Path(cfg["beton"]).with_suffix(".none")),
+                       num_replicas=num_replicas, rank=rank, train_beton=cfg["beton"],
                        flip_prob=0.5 if cfg["flip"] else 0.0, output=cfg["output"], os_cache=cfg["os_cache"],
                        buffer_pages=cfg.get("buffer_pages"), device=cfg.get("device"),
                        jpeg_decode=cfg.get("jpeg_decode", "accurate"))
     dm.setup("fit")
-    return loader_epochs(dm.train_dataloader())
+    return dm
 
 
-def loader_epochs(loader: Any) -> Callable[[int], int]:
+def _jit_epochs(cfg: dict[str, Any], first: FirstBatch) -> Callable[[int], int]:
+    """jit-ffcv's DataModule train loader, defaults except the beton and sizes."""
+    dm = jit_datamodule(cfg)
+    first.begin()
+    return loader_epochs(dm.train_dataloader(), first)
+
+
+def loader_epochs(loader: Any, first: FirstBatch | None = None) -> Callable[[int], int]:
     """One epoch of a jit-ffcv train loader (``set_epoch``, then every batch); returns the images seen."""
 
     def epoch(e: int) -> int:
         import torch
 
         loader.sampler.set_epoch(e)
-        n = sum(len(y) for _, y in loader)
+        n = _count(loader, first)
         if torch.cuda.is_available():
             torch.cuda.synchronize()  # count only batches that really arrived on the device
         return n
@@ -173,25 +217,20 @@ def loader_epochs(loader: Any) -> Callable[[int], int]:
 
 
 def run_child(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Measure one pipeline in this (fresh) process; returns first-epoch s, img/s, peak RSS."""
+    """Measure one pipeline in this (fresh) process; returns first-batch s, first-epoch s, img/s, peak RSS."""
     build = {"reference": _reference_epochs, "ffcv": _ffcv_epochs, "jit": _jit_epochs}[cfg["kind"]]
+    first = FirstBatch()
     with PeakRSS() as rss:
-        result = time_pipeline(build(cfg), cfg["epochs"], cfg.get("min_seconds", 0.0))
-    return result | {"peak_rss_mib": rss.peak}
+        result = time_pipeline(build(cfg, first), cfg["epochs"], cfg.get("min_seconds", 0.0))
+    return result | {"peak_rss_mib": rss.peak, "first_batch_s": first.seconds}
 
 
 def time_pipeline(iterate_epoch: Callable[[int], int], epochs: int, min_seconds: float) -> dict[str, float]:
-    """First-epoch seconds and steady img/s of ``iterate_epoch`` (see :func:`jit_ffcv.bench.measure._time_epochs`)."""
-    first, rate = _time_epochs(iterate_epoch, epochs, min_seconds)
+    """First-epoch seconds and steady img/s of ``iterate_epoch`` (see :func:`jit_ffcv.bench.measure.time_epochs`)."""
+    first, rate = time_epochs(iterate_epoch, epochs, min_seconds)
     return {"first_epoch_s": first, "img_per_s": rate}
 
 
 def spawn_child(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Run :func:`run_child` in a fresh interpreter and parse its JSON line."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "jit_ffcv.bench", "--child", json.dumps(cfg)],
-                          capture_output=True, text=True, env=env, timeout=1800)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"benchmark child {cfg['kind']} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    """Run :func:`run_child` in a fresh interpreter and return its result."""
+    return spawn(cfg)

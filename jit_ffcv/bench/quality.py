@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from jit_ffcv.bench.measure import payload_rate_one_core
+from jit_ffcv.bench.limit import Payloads, one_core_rate
 from writers.folder import FolderScan
 
 #: (chroma subsampling, quality) rows of the quality table; Pillow's default 4:2:0 is what the writer stores
@@ -52,7 +52,7 @@ def quality_table(scan: FolderScan, sizes: Sequence[int], rows: Sequence[tuple[s
                 mse = float(np.mean((dst.astype(np.float64) - ref) ** 2))
                 psnrs.append(99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse))
             kib = sum(len(p) for p in payloads) / len(payloads) / 1024
-            micros = 1e6 / payload_rate_one_core(payloads, size, True, seconds=0.5)
+            micros = 1e6 / one_core_rate(Payloads.of(payloads, size, True), seconds=0.5)
             lines.append(f"| {size} | {chroma} | {q} | {np.mean(psnrs):.1f} | {np.min(psnrs):.1f} | "
                          f"{_bias(bias, len(crops))} | {_bias(fast_bias, len(crops))} | {kib:.1f} | "
                          f"{100 * kib * 1024 / (size * size * 3):.1f}% | {micros:.0f} |")

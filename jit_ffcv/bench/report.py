@@ -1,23 +1,28 @@
-"""Reports: the markdown table, the PNG chart and the README block they replace."""
+"""Reports: the markdown table of the pipelines, the PNG chart and the generated blocks of docs/benchmarks.md."""
 
 from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from jit_ffcv.bench.machine import describe
 from jit_ffcv.bench.pipelines import PIPELINES
+from jit_ffcv.bench.stats import Spread, ratios, threads
 
-README_START, README_END = "<!-- bench:{tag}:start -->", "<!-- bench:{tag}:end -->"
+BLOCK_START, BLOCK_END = "<!-- bench:{tag}:start -->", "<!-- bench:{tag}:end -->"
+#: the document ``make bench`` writes its blocks into
+DOC = Path("docs/benchmarks.md")
 
 
 @dataclass
 class Result:
-    """One measured row."""
+    """One measured row: medians over the rounds, and each round's figures (same order in every list)."""
 
     name: str
     img_size: int
@@ -25,41 +30,49 @@ class Result:
     first_epoch_s: float
     peak_rss_mib: float
     bytes_per_image: float | None = None
-    limit_img_per_s: float | None = None
+    limit_img_per_s: float | None = None  # the honest limit (median over rounds)
     extra: dict[str, Any] = field(default_factory=dict)
+    rounds: list[float] = field(default_factory=list)  # img/s of each round
+    limit_rounds: list[float] = field(default_factory=list)  # the honest limit measured in each round
+    first_batch_rounds: list[float] = field(default_factory=list)  # seconds to the first batch, each round
 
+    def __post_init__(self) -> None:
+        if not self.rounds:
+            self.rounds = [self.img_per_s]
 
 
 def _fmt(x: float | None, digits: int = 0) -> str:
     return "" if x is None else f"{x:,.{digits}f}"
 
 
+def cells(r: Result | None, ref: Result | None) -> list[str]:
+    """img/s, × reference and % of the honest limit (medians of per-round figures, with spread), 1st batch, RSS."""
+    if r is None:
+        return [""] * 5
+    pairs = ref is not None and len(ref.rounds) == len(r.rounds)
+    ratio = ratios(r.rounds, ref.rounds).text(1, suffix="×") if pairs else ""
+    pct = ratios(r.rounds, r.limit_rounds).text(0, 100, "%") if len(r.limit_rounds) == len(r.rounds) else ""
+    first = Spread.of(r.first_batch_rounds).text(1) if r.first_batch_rounds else ""
+    return [Spread.of(r.rounds).text(), ratio, pct, first, _fmt(r.peak_rss_mib)]
+
+
 def markdown(results: list[Result], sizes: Sequence[int], info: dict[str, Any], notes: list[str]) -> str:
-    """The table: one row per pipeline, img/s, x reference, % of the decode/copy limit per size."""
+    """The table: one row per pipeline; per size img/s, × reference, % of the honest limit, first batch, RSS."""
     names = list(dict.fromkeys(r.name for r in results))
     by = {(r.name, r.img_size): r for r in results}
     head = ["pipeline"]
     for s in sizes:
-        head += [f"{s}px img/s", f"{s}px × ref", f"{s}px % limit", f"{s}px 1st epoch s", f"{s}px RSS MiB"]
+        head += [f"{s}px img/s", f"{s}px × ref", f"{s}px % limit", f"{s}px 1st batch s", f"{s}px RSS MiB"]
     head += [f"KiB/img ({sizes[0]})"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name in names:
-        cells = [name]
+        row = [name]
         for s in sizes:
-            r, ref = by.get((name, s)), by.get((PIPELINES[0].name, s))
-            if r is None:
-                cells += [""] * 5
-                continue
-            ratio = r.img_per_s / ref.img_per_s if ref else None
-            pct = 100 * r.img_per_s / r.limit_img_per_s if r.limit_img_per_s else None
-            cells += [_fmt(r.img_per_s), f"{_fmt(ratio, 1)}×" if ratio else "", f"{_fmt(pct)}%" if pct else "",
-                      _fmt(r.first_epoch_s, 1), _fmt(r.peak_rss_mib)]
-        r256 = by.get((name, sizes[0]))
-        cells.append(_fmt(r256.bytes_per_image / 1024, 1) if r256 and r256.bytes_per_image else "")
-        rows.append("| " + " | ".join(cells) + " |")
-    machine = (f"Machine: {info['cpu']}, {info['cores']} cores, {info['ram_gib']} GiB RAM, GPU: {info['gpu']}; "
-               f"{info['workers']} loader workers; python {info['python']}, torch {info['torch']}, ffcv {info['ffcv']}, "
-               f"numba {info['numba']}, numpy {info['numpy']}, pillow {info['pillow']}.")
+            row += cells(by.get((name, s)), by.get((PIPELINES[0].name, s)))
+        first = by.get((name, sizes[0]))
+        row.append(_fmt(first.bytes_per_image / 1024, 1) if first and first.bytes_per_image else "")
+        rows.append("| " + " | ".join(row) + " |")
+    machine = describe(info) + f" {threads(info['workers'])} per loader (--workers)."
     return "\n".join(rows + ["", machine] + [f"- {n}" for n in notes])
 
 
@@ -72,17 +85,18 @@ def ratio_table(results: Sequence[Result]) -> str:
 
 
 def save_results(results: list[Result], sizes: Sequence[int], info: dict[str, Any], notes: list[str], table: str,
-                 out: Path, chart_path: Path | None = None) -> Path:
-    """Write ``out``/results.md, .json, .csv and the chart (default ``out``/chart.png); returns the chart's path."""
-    (out / "results.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps({"machine": info, "results": [asdict(r) for r in results],
+                 out: Path, chart_path: Path | None = None, name: str = "results") -> Path:
+    """Write ``out``/``name``.md, .json, .csv and the chart (default ``out``/chart.png); returns the chart's path."""
+    (out / f"{name}.md").write_text(table + "\n")
+    (out / f"{name}.json").write_text(json.dumps({"machine": info, "results": [asdict(r) for r in results],
                                                   "notes": notes}, indent=2))
-    with open(out / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[k for k in asdict(results[0]) if k != "extra"])
+    lists = ("extra", "rounds", "limit_rounds", "first_batch_rounds")  # in the JSON only
+    with open(out / f"{name}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[k for k in asdict(results[0]) if k not in lists])
         writer.writeheader()
         for r in results:
-            writer.writerow({k: v for k, v in asdict(r).items() if k != "extra"})
-    chart_path = chart_path or out / "chart.png"
+            writer.writerow({k: v for k, v in asdict(r).items() if k not in lists})
+    chart_path = chart_path or out / ("chart.png" if name == "results" else f"{name}_chart.png")
     chart_path.parent.mkdir(parents=True, exist_ok=True)
     chart(results, sizes, chart_path)
     return chart_path
@@ -116,12 +130,13 @@ def chart(results: list[Result], sizes: Sequence[int], path: Path) -> None:
     plt.close(fig)
 
 
-def update_readme(readme: Path, tag: str, text: str) -> None:
-    """Replace the block between the ``bench:<tag>`` markers of the README with ``text``."""
-    start, end = README_START.format(tag=tag), README_END.format(tag=tag)
-    body = readme.read_text()
+def update_doc(doc: Path, tag: str, text: str) -> None:
+    """Replace the generated block between the ``bench:<tag>`` markers of ``doc`` with ``text``."""
+    start, end = BLOCK_START.format(tag=tag), BLOCK_END.format(tag=tag)
+    body = doc.read_text()
     if start not in body or end not in body:
-        raise ValueError(f"{readme} has no {start} ... {end} block to update")
+        raise ValueError(f"{doc} has no {start} ... {end} block to update: add the two marker lines where the "
+                         f"table belongs")
     head, rest = body.split(start, 1)
     _, tail = rest.split(end, 1)
-    readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+    doc.write_text(f"{head}{start}\n{text}\n{end}{tail}")
