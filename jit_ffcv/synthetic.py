@@ -9,14 +9,17 @@ an image) that the writer must skip and report.
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-#: The real ImageNet sample beside a checkout (``../shared``), used by the demo and the benchmark when present.
-SHARED_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
+#: A real ImageNet-layout sample used by the demo, the benchmark and some tests when present: ``$JIT_FFCV_SAMPLE``,
+#: else ``shared/data/imagenet-sample`` beside the checkout.
+SHARED_SAMPLE = Path(os.environ.get("JIT_FFCV_SAMPLE")
+                     or Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample")
 
 #: (width, height, PIL mode, format, extension) cycled over the images of each class
 _KINDS: tuple[tuple[int, int, str, str, str], ...] = (

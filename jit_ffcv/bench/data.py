@@ -15,7 +15,7 @@ def dataset_scan(data_path: str | None, work: Path) -> tuple[FolderScan, str]:
     if data_path:
         return scan_split(Path(data_path) / "train"), str(data_path)
     if (SHARED_SAMPLE / "train").is_dir():
-        return scan_split(SHARED_SAMPLE / "train"), f"{SHARED_SAMPLE} (real ImageNet JPEGs)"
+        return scan_split(SHARED_SAMPLE / "train"), f"the shared sample {SHARED_SAMPLE.name}/ (real ImageNet JPEGs)"
     synth = make_image_folder(work / "synthetic", num_classes=10, per_class=10, broken=False, val=False)
     return scan_split(synth.root / "train"), "synthetic ImageFolder (no shared sample found)"
 
