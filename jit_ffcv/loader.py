@@ -17,11 +17,12 @@ import numpy as np
 import torch
 
 from jit_ffcv.epoch import DecodeThread, Decoding, Epoch
+from jit_ffcv.guards import check_devices, check_steps, check_unchanged, file_identity
 from jit_ffcv.loader_state import MAX_EPOCH, Spec, layout_fingerprint
 from jit_ffcv.ops import EpochCell
 from jit_ffcv.order import ShardedOrder
 from jit_ffcv.resume import ResumeTracker
-from writers.ffcv_api import AllocationQuery, Compiler, Loader, ToDevice
+from writers.ffcv_api import AllocationQuery, Compiler, Loader
 from writers.metadata import read_metadata
 
 
@@ -85,6 +86,7 @@ class JiTLoader(Loader):
         self.sampler = EpochSampler(self)
         self.graph.allocate_memory = self._allocate_once
         check_steps(self)
+        self._identity = file_identity(self.reader.file_name)  # the file this loader's reader and cache opened
 
     def _allocate_once(self, batch_size: int, slots: int) -> Any:
         """The batch buffers, allocated at the first epoch and reused (FFCV asks at every epoch start)."""
@@ -155,6 +157,7 @@ class JiTLoader(Loader):
 
     def _start_epoch(self) -> Epoch:
         """Start decoding ``next_epoch`` (what FFCV's ``Loader.__iter__`` does)."""
+        check_unchanged(self.reader.file_name, self._identity)
         Compiler.set_num_threads(self.num_workers)
         epoch = self.next_epoch
         order = self.next_traversal_order()[: len(self) * self.batch_size]
@@ -228,28 +231,6 @@ class JiTLoader(Loader):
             if self._running is epoch:
                 self._finish(epoch)
                 self._running = None
-
-
-def check_devices(pipelines: dict[str, Any]) -> None:
-    """Refuse a pipeline that copies batches to CUDA when this process has none (it would fail at the first batch)."""
-    for name, ops in pipelines.items():
-        for op in ops or ():
-            device = getattr(op, "device", None) if isinstance(op, ToDevice) else None
-            if device is not None and torch.device(device).type == "cuda" and not torch.cuda.is_available():
-                raise ValueError(f"pipeline {name!r} copies batches to device={str(device)!r} but CUDA is not "
-                                 f"available here; use device='cpu' or run on a machine with a GPU")
-
-
-def check_steps(loader: Loader) -> None:
-    """Refuse a loader whose epochs have no batch: drop_last with fewer samples per rank than batch_size."""
-    samples = len(loader.first_traversal_order)
-    if loader.drop_last and samples < loader.batch_size:
-        order = loader.traversal_order
-        where = f"rank {order.rank} of {order.num_replicas} gets" if isinstance(order, ShardedOrder) else "there are"
-        raise ValueError(
-            f"batch_size={loader.batch_size} is larger than the {samples} samples {where} per epoch "
-            f"({loader.reader.num_samples} in {loader.reader.file_name}), and drop_last=True drops that partial batch: "
-            f"every epoch would have 0 steps; use batch_size <= {samples}, fewer ranks, or drop_last=False")
 
 
 def stored_field(reader: Any, name: str) -> np.ndarray | None:

@@ -119,10 +119,11 @@ def decode_batch(beton: str | Path, ids: np.ndarray, options: TraceOptions) -> n
     from jit_ffcv.order import SequentialOrder
 
     cell = EpochCell()
+    decoder = FlipDecoder(flip_prob=options.flip_prob, seed=options.seed, epoch_cell=cell,
+                          jpeg_decode=options.jpeg_decode)
     loader = JiTLoader(str(beton), batch_size=len(ids), num_workers=1, order=SequentialOrder(), indices=ids,
                        drop_last=False, batches_ahead=1, pin_memory=False, epoch_cell=cell,
-                       pipelines=_pipelines(beton, image=[FlipDecoder(flip_prob=options.flip_prob, seed=options.seed,
-                                                                      epoch_cell=cell, jpeg_decode=options.jpeg_decode)]))
+                       pipelines=_pipelines(beton, image=[decoder]))
     loader.set_epoch(options.epoch)
     (images,), = list(loader)
     return np.array(images)

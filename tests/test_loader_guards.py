@@ -1,12 +1,15 @@
 """JiTLoader refuses or reports what would otherwise hang or train on the wrong data without an error.
 
 Forked children (inherited iterators and loaders), CUDA pipelines without CUDA, zero-step epochs,
-and epochs counted from 0 by a loop that never calls set_epoch (a resumed run replays epoch 0).
+epochs counted from 0 by a loop that never calls set_epoch (a resumed run replays epoch 0), and a
+beton rewritten under a running loader.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -20,6 +23,7 @@ from jit_ffcv.loader import JiTLoader
 from jit_ffcv.order import QuasiRandomOrder, SequentialOrder
 from tests.conftest import read_beton
 from writers.ffcv_api import IntDecoder, ToDevice, ToTensor
+from writers.metadata import BetonMismatchError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,3 +121,35 @@ def test_epochs_chosen_or_order_independent_do_not_warn(raw_beton: Path, how: st
         for _ in range(3):
             list(loader)
     assert loader.sampler.epoch == 3
+
+
+# --------------------------------------------------------------------------- #
+# a beton rewritten under a running loader
+# --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("change", ["truncate", "same_size_rewrite", "replace"])
+def test_beton_changed_under_the_loader_is_refused_at_the_next_epoch(raw_beton: Path, tmp_path: Path,
+                                                                     change: str) -> None:
+    """os_cache=False decoded a rewritten beton into wrong pixels, the epoch ending normally."""
+    beton = tmp_path / "train.beton"
+    shutil.copy(raw_beton, beton)
+    loader = labels_loader(beton, os_cache=False)
+    loader.set_epoch(0)
+    first = [y.tolist() for y, in loader]
+    data = beton.read_bytes()
+    if change == "truncate":  # what `cp smaller.beton train.beton` does first
+        beton.write_bytes(data[: len(data) // 2])
+        match = rf"size {len(data)} -> {len(data) // 2}"
+    elif change == "same_size_rewrite":
+        stat = beton.stat()
+        beton.write_bytes(data)
+        os.utime(beton, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+        match = r"mtime_ns \d+ -> \d+"
+    else:  # a new file moved over it (another inode)
+        other = tmp_path / "new.beton"
+        shutil.copy(raw_beton, other)
+        os.replace(other, beton)
+        match = r"inode \d+ -> \d+"
+    with pytest.raises(BetonMismatchError, match=rf"{beton} changed since this loader opened it \(.*{match}.*\): a "
+                                                 r"beton rewritten under a running loader delivers wrong pixels"):
+        list(loader)
+    assert len(first) == len(loader)
