@@ -19,8 +19,8 @@ import numpy as np
 
 from jit_ffcv.order import ShardedOrder, samples_per_rank
 
-__all__ = ["FORMAT", "VERSION", "MAX_EPOCH", "MAX_WORLD", "Segment", "Spec", "check_state", "layout_fingerprint",
-           "segment_lengths"]
+__all__ = ["FORMAT", "VERSION", "MAX_EPOCH", "MAX_WORLD", "Segment", "Spec", "check_fields", "check_state",
+           "layout_fingerprint", "segment_lengths"]
 
 FORMAT: Final[str] = "jit_ffcv.loader_state"
 VERSION: Final[int] = 1
@@ -120,10 +120,10 @@ def segment_lengths(spec: Spec, segments: list[Segment], world: int) -> list[int
     return lengths
 
 
-def check_state(state: Any, spec: Spec) -> tuple[int, list[Segment]]:
-    """The (epoch, segments) of ``state``; ValueError naming the field if it is malformed or saved otherwise.
+def check_fields(state: Any) -> tuple[int, list[Segment]]:
+    """The (epoch, segments) of ``state``; ValueError naming the first field of a wrong type or out of range.
 
-    Cheap whatever the state holds: every range is checked before anything is computed from it.
+    Needs nothing of the loader, and is cheap whatever the state holds: run it before anything else.
     """
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"not a JiTLoader state (expected format={FORMAT!r}): {str(state)[:200]}")
@@ -133,8 +133,15 @@ def check_state(state: Any, spec: Spec) -> tuple[int, list[Segment]]:
     for key, types in _TYPES.items():
         if key in state:
             _check_type(key, state[key], types)
-    epoch = _check_range("epoch", state["epoch"], 0, MAX_EPOCH)
-    segments = _check_segments(state["segments"])
+    return _check_range("epoch", state["epoch"], 0, MAX_EPOCH), _check_segments(state["segments"])
+
+
+def check_state(state: Any, spec: Spec) -> tuple[int, list[Segment]]:
+    """The (epoch, segments) of ``state``; ValueError naming the field if it is malformed or saved otherwise.
+
+    Cheap whatever the state holds: every range is checked before anything is computed from it.
+    """
+    epoch, segments = check_fields(state)
     for key, value in spec.saved().items():
         if key not in ("layout", "shuffle_seed") and state[key] != value:
             raise ValueError(
