@@ -114,3 +114,23 @@ def test_trace_refuses_a_state_of_another_beton_and_a_step_out_of_range(data: tu
     state = dm.train_dataloader().state_dict()
     with pytest.raises(ValueError, match=r"saved on a beton with layout 0{16}"):
         trace(beton, TraceOptions(epoch=0, step=0, batch_size=B, seed=SEED), state={**state, "layout": "0" * 16})
+
+
+def test_trace_reads_a_lightning_checkpoint(data: tuple[Path, Path], tmp_path: Path) -> None:
+    """Lightning keeps the loader state under its fit loop and the DataModule's arguments beside it."""
+    import torch
+
+    root, beton = data
+    dm = make_dm(root, 2, 0)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    loader.set_epoch(3)
+    ckpt = tmp_path / "step=9.ckpt"
+    torch.save({"loops": {"fit_loop": {"state_dict": {"combined_loader": [loader.state_dict()]}}},
+                "datamodule_hyper_parameters": {"flip_prob": 0.25, "seed": SEED, "batch_size": B, "rank": None,
+                                                "num_replicas": None, "img_size": SIZE}}, ckpt)
+    options, state = options_from_file(ckpt)
+    assert state == loader.state_dict()
+    assert options == {"flip_prob": 0.25, "seed": SEED, "batch_size": B, "order": "quasi_random",
+                       "buffer_pages": 2 * B, "sampler_drop_last": False, "drop_last": True, "epoch": 3,
+                       "world_size": 2}
