@@ -1,4 +1,4 @@
-"""The ``jit-ffcv`` command line: ``write``, ``info``, ``show``, ``demo`` and ``bench``.
+"""The ``jit-ffcv`` command line: ``write``, ``info``, ``show``, ``trace``, ``demo`` and ``bench``.
 
 A user's mistake (missing folder, bad option, existing output, unreadable image with
 ``--strict``, ...) is one line on stderr, ``jit-ffcv: error: ...``, and a non-zero exit;
@@ -44,12 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     write_help = "convert ImageFolder splits (train, val) to .betons (--dry-run: plan only)"
     beton.add_arguments(sub.add_parser("write", parents=[common], help=write_help))
-    from jit_ffcv import bench, demo, inspect_beton
+    from jit_ffcv import bench, demo, inspect_beton, trace
 
     inspect_beton.add_info_arguments(sub.add_parser(
         "info", parents=[common], help="a beton's metadata, per-class counts and bytes per image"))
     inspect_beton.add_show_arguments(sub.add_parser(
         "show", parents=[common], help="save a PNG grid of decoded samples with their class names"))
+    trace.add_arguments(sub.add_parser(
+        "trace", parents=[common], help="which files, labels and flips were in step S of epoch E on rank R"))
 
     demo.add_arguments(sub.add_parser("demo", parents=[common], help="write a beton, train a tiny JiT, compare img/s"))
     bench.add_arguments(sub.add_parser("bench", parents=[common], help="throughput: reference vs FFCV vs jit-ffcv"))
@@ -66,6 +68,10 @@ def _run(args: argparse.Namespace) -> int:
         from jit_ffcv import inspect_beton
 
         return inspect_beton.info_main(args) if args.command == "info" else inspect_beton.show_main(args)
+    if args.command == "trace":
+        from jit_ffcv import trace
+
+        return trace.main(args)
     if args.command == "demo":
         from jit_ffcv import demo
 

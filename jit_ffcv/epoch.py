@@ -24,18 +24,16 @@ that event (on the CPU) before decoding into the slot again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
 import weakref
+from dataclasses import dataclass
 from queue import Empty, Full, Queue
 from threading import Event, Thread
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
 from writers.ffcv_api import Compiler, chunks, run_pipeline
-
-if TYPE_CHECKING:
-    from jit_ffcv.loader import JiTLoader
 
 #: batches a consumer may hold at once: the one in use and the one Lightning prefetches
 HELD_BATCHES = 2
@@ -43,6 +41,23 @@ HELD_BATCHES = 2
 
 class LoaderThreadError(RuntimeError):
     """The decoding thread of an epoch raised; the original exception is chained as ``__cause__``."""
+
+
+class ForkedLoaderError(RuntimeError):
+    """An epoch's iterator was used in a process forked after it started: its decoding thread is not there."""
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """What an :class:`Epoch` needs of its loader: the compiled pipeline, the beton's table, memory, options."""
+
+    code: Any  # FFCV's compiled pipeline (``Loader.code``); FFCV's run_pipeline reads it as ``self.loader.code``
+    metadata: Any  # the beton's per-sample field table (``Reader.metadata``)
+    memory_manager: Any  # FFCV's page cache (``Loader.memory_manager``)
+    allocate: Callable[[int, int], Any]  # (batch_size, slots) -> the batch buffers
+    batch_size: int
+    batches_ahead: int
+    num_workers: int
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,7 @@ class DecodeThread(Thread):
 
     def __init__(self, owner: object) -> None:
         super().__init__(daemon=True, name="jit-ffcv decoder")
+        self.pid = os.getpid()  # a forked child inherits this object but not the thread
         self._jobs: Queue[Epoch | None] = Queue()
         self.busy = Event()  # set while an epoch runs
         weakref.finalize(owner, self._jobs.put, None)
@@ -117,29 +133,35 @@ class Epoch:
     #: FFCV's decoding step of one batch (duck-typed: it reads the attributes set in __init__)
     run_pipeline = run_pipeline
 
-    def __init__(self, loader: JiTLoader, order: Sequence[int], epoch: int) -> None:
-        self.loader = loader
+    def __init__(self, decoding: Decoding, order: Sequence[int], epoch: int) -> None:
+        self.loader = decoding  # FFCV's run_pipeline reads self.loader.code
         self.epoch = epoch
-        self.metadata = loader.reader.metadata
-        self.batches = list(chunks(order, loader.batch_size))
-        self.slots = loader.batches_ahead + 1 + HELD_BATCHES
-        self.output_queue: Queue[Any] = Queue(loader.batches_ahead)
+        self.pid = os.getpid()
+        self.num_workers = decoding.num_workers
+        self.metadata = decoding.metadata
+        self.batches = list(chunks(order, decoding.batch_size))
+        self.slots = decoding.batches_ahead + 1 + HELD_BATCHES
+        self.output_queue: Queue[Any] = Queue(decoding.batches_ahead)
         self.terminate_event = Event()
         self.finished = Event()  # set once run() has returned: the epoch's buffers are free
-        self.closed = False
         self._done = False
         self._taken = 0  # batches handed to the consumer so far
         self._released: list[Any] = [None] * self.slots  # per slot: event after which it may be rewritten
-        self.memory_context = loader.memory_manager.schedule_epoch(self.batches)
+        self.memory_context = decoding.memory_manager.schedule_epoch(self.batches)
         self.memory_context.__enter__()
         try:
             self.storage_state = self.memory_context.state
             cuda = torch.cuda.is_available()
             self.cuda_streams = [torch.cuda.Stream() if cuda else None for _ in range(self.slots)]
-            self.memory_allocations = loader.graph.allocate_memory(loader.batch_size, self.slots)
+            self.memory_allocations = decoding.allocate(decoding.batch_size, self.slots)
         except BaseException:
             self.memory_context.__exit__(None, None, None)
             raise
+
+    @property
+    def forked(self) -> bool:
+        """True in a process forked after this epoch started: its decoding thread runs in the parent only."""
+        return self.pid != os.getpid()
 
     # ----------------------------------------------------------- producer side
     def run(self) -> None:
@@ -153,7 +175,7 @@ class Epoch:
         outcome: Any = _END
         b_ix = 0
         try:
-            Compiler.set_num_threads(self.loader.num_workers)
+            Compiler.set_num_threads(self.num_workers)
             for b_ix, indices in enumerate(self.batches):
                 if self.terminate_event.is_set():
                     return
@@ -193,6 +215,12 @@ class Epoch:
     def __next__(self) -> Any:
         if self._done:
             raise StopIteration
+        if self.forked:  # before any lock: the parent's thread may have held one at the fork
+            self._done = True
+            raise ForkedLoaderError(
+                f"this iterator of epoch {self.epoch} was started in process {self.pid}, and this process "
+                f"({os.getpid()}) was forked from it: its decoding thread did not come along; start the epoch "
+                f"again in this process with iter(loader) (after set_epoch({self.epoch}) to rerun it)")
         if self._taken >= HELD_BATCHES:  # the consumer is done with batch _taken - HELD_BATCHES
             self._released[(self._taken - HELD_BATCHES) % self.slots] = release_event()
         item = self._take()
@@ -224,7 +252,6 @@ class Epoch:
     def close(self) -> None:
         """Ask the decoding thread to stop after its current batch (it then releases the page cache itself)."""
         self.terminate_event.set()
-        self.closed = True
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until :meth:`run` has returned (or ``timeout`` s); True if it has."""

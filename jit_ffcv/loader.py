@@ -8,16 +8,22 @@ offers both on top of FFCV's loader, and publishes the epoch to compiled ops
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections import defaultdict
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from writers.ffcv_api import AllocationQuery, Compiler, Loader
-from jit_ffcv.epoch import DecodeThread, Epoch
+from jit_ffcv.epoch import DecodeThread, Decoding, Epoch
+from jit_ffcv.guards import check_devices, check_steps, check_unchanged, file_identity
+from jit_ffcv.loader_state import MAX_EPOCH, Spec, check_fields, layout_fingerprint
 from jit_ffcv.ops import EpochCell
+from jit_ffcv.traversal import ShardedOrder
 from jit_ffcv.resume import ResumeTracker
+from writers.ffcv_api import AllocationQuery, Compiler, Loader
+from writers.metadata import read_metadata
 
 
 class EpochSampler:
@@ -41,7 +47,8 @@ class EpochSampler:
         self._loader.set_epoch(epoch)
 
     def __len__(self) -> int:
-        return self._loader.resume.num_samples(self._loader)
+        loader = self._loader
+        return loader.resume.num_samples(loader.traversal_order, loader.next_epoch)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._loader.next_traversal_order().tolist())
@@ -52,9 +59,11 @@ class JiTLoader(Loader):
 
     Each epoch is an :class:`~jit_ffcv.epoch.Epoch` decoded by the loader's one
     :class:`~jit_ffcv.epoch.DecodeThread` (errors reach ``next()``, closing never hangs), one epoch
-    at a time: starting a new iterator ends the previous one, which then raises instead of returning another epoch's batches. The batch buffers are kept from one epoch
-    to the next: FFCV allocates fresh ones every epoch and pays a first-touch page fault for every
-    4 KiB of them, a visible cost on short epochs. ``pin_memory=False`` keeps them pageable.
+    at a time: starting a new iterator ends the previous one, which then raises instead of returning another
+    epoch's batches. The batch buffers are kept from one epoch to the next: FFCV allocates fresh ones every epoch
+    and pays a first-touch page fault for every 4 KiB of them, a visible cost on short epochs.
+    ``pin_memory=False`` keeps them pageable. A loader forked into a child process starts a decoding thread of
+    its own there (an iterator started before the fork raises :class:`~jit_ffcv.epoch.ForkedLoaderError`).
     """
 
     #: seconds to wait for an abandoned epoch's thread before giving up buffer reuse
@@ -64,15 +73,20 @@ class JiTLoader(Loader):
 
     def __init__(self, *args: Any, epoch_cell: EpochCell | None = None, pin_memory: bool = True,
                  **kwargs: Any) -> None:
+        check_devices(kwargs.get("pipelines") or {})
         self.epoch_cell = epoch_cell or EpochCell()
         self.pin_memory = bool(pin_memory)
         self._buffers: Any = None
         self._running: Epoch | None = None  # the current epoch
         self._decoder: DecodeThread | None = None  # started at the first epoch
         self.resume = ResumeTracker()  # position in the epoch, for state_dict / load_state_dict
+        self._spec: Spec | None = None  # what a state must match, computed at the first state_dict/load_state_dict
+        self._epoch_chosen = False  # set_epoch or load_state_dict was called (else FFCV counts epochs from 0)
         super().__init__(*args, **kwargs)
         self.sampler = EpochSampler(self)
         self.graph.allocate_memory = self._allocate_once
+        check_steps(self)
+        self._identity = file_identity(self.reader.file_name)  # the file this loader's reader and cache opened
 
     def _allocate_once(self, batch_size: int, slots: int) -> Any:
         """The batch buffers, allocated at the first epoch and reused (FFCV asks at every epoch start)."""
@@ -82,26 +96,54 @@ class JiTLoader(Loader):
 
     def set_epoch(self, epoch: int) -> None:
         """Run ``epoch`` next (FFCV otherwise counts epochs itself, starting at 0)."""
-        if int(epoch) < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch!r}")
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or not 0 <= epoch <= MAX_EPOCH:
+            raise ValueError(f"epoch must be an integer in [0, 2**62], got {epoch!r}")
         self.next_epoch = int(epoch)
+        self._epoch_chosen = True
 
     def next_traversal_order(self) -> np.ndarray:
         """This rank's order for the next epoch (FFCV calls it); a resumed epoch's is its unseen rest."""
-        return self.resume.order(self)
+        spec = self.resume_spec() if self.resume.applies(self.next_epoch) else None
+        return self.resume.order(self.traversal_order, spec, self.next_epoch)
 
     def __len__(self) -> int:
         """Batches of the next epoch; a resumed one counts the batches delivered before it was interrupted."""
-        resumed = self.resume.length(self)
+        resumed = self.resume.length(self.resume_spec(), self.next_epoch) if self.resume.applies(self.next_epoch) \
+            else None
         return super().__len__() if resumed is None else resumed
+
+    def resume_spec(self) -> Spec:
+        """What a state of this loader depends on: its order's options, batching and the beton's layout."""
+        if self._spec is None:
+            order = self.traversal_order
+            shuffle_seed = None
+            try:
+                shuffle_seed = read_metadata(self.reader.file_name).shuffle_seed
+            except (FileNotFoundError, ValueError):  # a beton without a (valid) jit-ffcv sidecar
+                pass
+            pages = order.sample_pages if isinstance(order, ShardedOrder) and order.kind == "quasi_random" else None
+            layout = layout_fingerprint(stored_field(self.reader, "index"), pages)
+            self._spec = Spec.of(order, batch_size=self.batch_size, drop_last=self.drop_last, layout=layout,
+                                 shuffle_seed=shuffle_seed, beton=str(self.reader.file_name))
+        return self._spec
 
     def state_dict(self) -> dict[str, Any]:
         """Tiny, rank-independent position after the last batch handed out (Lightning checkpoints it)."""
-        return self.resume.state_dict(self)
+        return self.resume.state_dict(self.resume_spec(), self.next_epoch, self.traversal_order.num_replicas)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Make the next epoch the unseen rest of the saved one, at this loader's world size (see resume.py)."""
-        self.resume.load_state_dict(self, state)
+        """Make the next epoch the unseen rest of the saved one, at this loader's world size (see resume.py).
+
+        Refused while an epoch is being iterated: that iterator would go on delivering its own epoch
+        while ``state_dict()`` reported the loaded position.
+        """
+        if self._running is not None and not self._running.forked:
+            raise RuntimeError(
+                f"load_state_dict while epoch {self._running.epoch} is being iterated: its iterator would go on "
+                f"with that epoch; finish the loop or close its iterator (it.close() or del it) first")
+        check_fields(state)  # before the spec, which hashes the beton's layout once (~0.1 s at ImageNet scale)
+        epoch = self.resume.load_state_dict(state, self.resume_spec(), self.traversal_order.num_replicas)
+        self.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Any]:
         """Batches of the next epoch; the epoch starts lazily, at the first ``next``.
@@ -116,13 +158,16 @@ class JiTLoader(Loader):
 
     def _start_epoch(self) -> Epoch:
         """Start decoding ``next_epoch`` (what FFCV's ``Loader.__iter__`` does)."""
+        check_unchanged(self.reader.file_name, self._identity)
         Compiler.set_num_threads(self.num_workers)
         epoch = self.next_epoch
         order = self.next_traversal_order()[: len(self) * self.batch_size]
         self.next_epoch += 1
         if self.code is None or self.recompile:
             self.generate_code()
-        running = Epoch(self, order, epoch)
+        running = Epoch(Decoding(code=self.code, metadata=self.reader.metadata, memory_manager=self.memory_manager,
+                                 allocate=self.graph.allocate_memory, batch_size=self.batch_size,
+                                 batches_ahead=self.batches_ahead, num_workers=self.num_workers), order, epoch)
         if self._decoder is None:
             self._decoder = DecodeThread(owner=self)
         self._decoder.submit(running)
@@ -130,6 +175,8 @@ class JiTLoader(Loader):
 
     def _finish(self, epoch: Epoch) -> None:
         """Stop ``epoch``; if it will not stop, give the next epoch fresh buffers and a fresh thread."""
+        if epoch.forked:  # its thread runs in the parent process: nothing to stop here
+            return
         epoch.close()
         if not epoch.join(self.JOIN_TIMEOUT_S):
             self._buffers = None
@@ -137,7 +184,26 @@ class JiTLoader(Loader):
                 self._decoder.stop()  # it exits once the stuck epoch returns
                 self._decoder = None
 
+    def _after_fork(self) -> None:
+        """In a forked child, forget the parent's decoding thread and running epoch: they did not come along."""
+        if self._decoder is not None and self._decoder.pid != os.getpid():
+            self._decoder = None
+            if self._running is not None:
+                self._running = None  # its iterator raises ForkedLoaderError in this process
+
+    def _warn_if_counting(self) -> None:
+        """Warn once if FFCV's own count starts epoch 1 (never set_epoch nor load_state_dict): a resumed run replays."""
+        if self._epoch_chosen or self.next_epoch != 1 or getattr(self.traversal_order, "kind", "") == "sequential":
+            return
+        self._epoch_chosen = True  # once
+        warnings.warn(
+            "JiTLoader starts epoch 1 but set_epoch was never called: it counts epochs from 0 since it was built, so "
+            "a run resumed at a later epoch is replaying epoch 0, 1, ...'s order and flips; call "
+            "loader.set_epoch(epoch) (or loader.sampler.set_epoch) before each epoch, on every rank", stacklevel=3)
+
     def _epoch_batches(self) -> Iterator[Any]:
+        self._after_fork()
+        self._warn_if_counting()
         if self._running is not None:
             self._finish(self._running)
         if self._buffers is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -146,7 +212,8 @@ class JiTLoader(Loader):
             torch.cuda.synchronize()
         self.epoch_cell.set(self.next_epoch)
         epoch = self._running = self._start_epoch()
-        position = self.resume.begin(self, epoch.epoch, sum(len(batch) for batch in epoch.batches))
+        position = self.resume.begin(epoch.epoch, self.traversal_order.num_replicas,
+                                     sum(len(batch) for batch in epoch.batches))
         try:
             while True:
                 if self._running is not epoch:
@@ -165,6 +232,12 @@ class JiTLoader(Loader):
             if self._running is epoch:
                 self._finish(epoch)
                 self._running = None
+
+
+def stored_field(reader: Any, name: str) -> np.ndarray | None:
+    """The values of field ``name`` of every stored sample, from FFCV's metadata table (None: no such field)."""
+    names = list(reader.handlers)
+    return np.asarray(reader.metadata[f"f{names.index(name)}"]) if name in names else None
 
 
 def allocate_buffers(graph: Any, batch_size: int, slots: int, *, pin: bool) -> dict[str, dict[int, Any]]:

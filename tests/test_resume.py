@@ -407,7 +407,7 @@ def test_ddp_resume_from_mid_epoch_checkpoint_is_exact(data: tuple[Path, Path], 
 
 def test_resume_latency_bench_runs_and_resumes_the_right_rank() -> None:
     """The ImageNet-size latency bench, tiny: it must time a real resume (not just report numbers)."""
-    from jit_ffcv.resume import resume_latency
+    from jit_ffcv.bench.resume_latency import resume_latency
 
     timings = resume_latency(num_samples=5_000, world=8, new_world=4, batch_size=16, samples_per_page=40, repeats=1)
     assert sorted(timings) == ["elastic W=8->4", "plain epoch start", "same world W=8"]

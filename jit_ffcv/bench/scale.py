@@ -40,7 +40,7 @@ def resume_seconds(beton: Path, world: int, new_world: int, workers: int) -> flo
     The state is the middle of epoch 3 at ``world`` ranks (what a checkpoint holds).
     """
     from jit_ffcv.order import samples_per_rank
-    from jit_ffcv.resume import Position, Spec
+    from jit_ffcv.resume import Position
 
     def loader(w: int) -> Any:
         dm = scale_datamodule(beton, w, w - 1, workers)
@@ -49,7 +49,7 @@ def resume_seconds(beton: Path, world: int, new_world: int, workers: int) -> flo
 
     old = loader(world)
     steps = samples_per_rank(len(old.traversal_order.indices), world) // BATCH_SIZE
-    state = Position(3, [], world, 0, steps * BATCH_SIZE, steps // 2).state(Spec.of(old))
+    state = Position(3, [], world, 0, steps * BATCH_SIZE, steps // 2).state(old.resume_spec())
     fresh = [loader(new_world) for _ in range(3)]
 
     def resume() -> None:
