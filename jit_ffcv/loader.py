@@ -16,7 +16,7 @@ import torch
 
 from writers.ffcv_api import AllocationQuery, Compiler, Loader
 from jit_ffcv.epoch import DecodeThread, Epoch
-from jit_ffcv.ops import EpochCell
+from jit_ffcv.ops import EpochCell, hand_epoch
 from jit_ffcv.resume import ResumeTracker
 
 
@@ -65,6 +65,7 @@ class JiTLoader(Loader):
     def __init__(self, *args: Any, epoch_cell: EpochCell | None = None, pin_memory: bool = True,
                  **kwargs: Any) -> None:
         self.epoch_cell = epoch_cell or EpochCell()
+        hand_epoch(kwargs.get("pipelines", args[8] if len(args) > 8 else {}), self.epoch_cell)  # before FFCV's codegen
         self.pin_memory = bool(pin_memory)
         self._buffers: Any = None
         self._running: Epoch | None = None  # the current epoch
