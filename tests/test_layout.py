@@ -168,11 +168,11 @@ print(sum(len(x) for x, _ in loader))
 """
 
 
-def test_pipeline_compiles_after_direct_kernel_calls(raw_beton: Path) -> None:
+def test_pipeline_compiles_after_direct_kernel_calls(raw_beton: Path, tmp_path: Path) -> None:
     """Kernels shared with direct calls: FFCV's OS-cache reader used to set ``mutable = False`` on numba's
     shared ``uint8[::1]`` type, so a kernel already compiled for writable arrays failed with a KeyError in
     FFCV's thread on the read-only payload (and the loader hung); writers.ffcv_api replaces that reader."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NUMBA_CACHE_DIR": str(tmp_path)}  # cold: compiled in the thread
     done = subprocess.run([sys.executable, "-c", _AFTER_DIRECT_CALLS, str(raw_beton)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=240)
     assert (done.returncode, done.stdout) == (0, f"{N}\n"), done.stdout + done.stderr[-2000:]
