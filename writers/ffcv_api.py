@@ -22,6 +22,7 @@ numba's shutdown waits for a task only a worker would run (cf. numba#10556, oneT
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import sys
@@ -138,6 +139,8 @@ def _compile_once(cls: type, code: Callable, signature: Any = None) -> Callable:
     Code marked ``precompiled`` (jit-ffcv's ops: a Python call into kernels compiled once per
     process) is used as it is. FFCV compiles every op of every loader afresh otherwise, about
     0.5 s each (label decoders, readers), which also keeps each loader's machine code alive.
+    Code that closes over nothing is also cached on disk (a closure's values, e.g. dispatchers,
+    differ per process, so numba's cache would never match them).
     """
     if getattr(code, "precompiled", False) or not cls.is_enabled:
         return code
@@ -147,8 +150,19 @@ def _compile_once(cls: type, code: Callable, signature: Any = None) -> Callable:
         return _ffcv_compile(cls, code, signature)
     with _compile_lock:
         if key not in _compiled:
-            _compiled[key] = _ffcv_compile(cls, code, signature)
+            _compiled[key] = _cached(code, signature, parallel) if _cacheable(code) else _ffcv_compile(cls, code, signature)
         return _compiled[key]
+
+
+def _cacheable(code: types.FunctionType) -> bool:
+    """True if numba can cache ``code`` on disk: no closure, no ctypes function (FFCV's ``imdecode``, ``memcpy``)."""
+    return not code.__closure__ and not any(isinstance(code.__globals__.get(name), ctypes._CFuncPtr)
+                                            for name in code.__code__.co_names)
+
+
+def _cached(code: Callable, signature: Any, parallel: bool) -> Callable:
+    """FFCV's compile options plus numba's disk cache, for code that closes over nothing (e.g. ``IntDecoder``'s)."""
+    return numba.njit(signature, fastmath=True, nogil=True, error_model="numpy", parallel=parallel, cache=True)(code)
 
 
 _compile_lock = threading.Lock()
