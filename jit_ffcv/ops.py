@@ -1,11 +1,13 @@
 """Numba-compiled FFCV operations whose randomness is a pure function of (seed, epoch, index).
 
-FFCV compiles each operation once and freezes the values it captures, so an op
-cannot see the epoch through a Python attribute. :class:`EpochCell` is a tiny
-int64 that compiled code reads through its address at run time; the loader
-writes the epoch into it before each epoch. With it, a flip decision is
-``hash(seed, epoch, sample index) < p``: reproducible across runs, thread counts
-and ranks, unlike FFCV's ``RandomHorizontalFlip`` (unseeded global numpy state).
+The epoch lives in an :class:`EpochCell`, a tiny int64 that the loader writes before each
+epoch; a :class:`~jit_ffcv.loader.JiTLoader` hands its cell to every op with an
+``epoch_cell`` attribute (:func:`hand_epoch`). A flip decision is
+``hash(seed, epoch, sample index) < p``: reproducible across runs, thread counts and ranks,
+unlike FFCV's ``RandomHorizontalFlip`` (unseeded global numpy state). :class:`FlipDecoder`
+passes the epoch, seed and probability as arguments to a kernel compiled once per process
+(:mod:`jit_ffcv.kernels`); code that FFCV compiles itself (the template below, custom ops)
+freezes the values it captures, and reads the epoch through the cell's address.
 
 Two ways to flip, same decisions, same pixels:
 
