@@ -7,6 +7,9 @@ default, accurate IDCT and default (fancy) upsampling, as Pillow does, so a deco
 image equals ``PIL.Image.open(BytesIO(payload)).convert("RGB")`` pixel for pixel.
 The fast IDCT stays available as an explicit opt-in (``jpeg_decode="fast"``).
 
+The library is bound by symbol name (not through ctypes pointers), so the compiled code that
+calls it is cached on disk by numba and a fresh process loads it instead of compiling.
+
 Thread safety: every call creates and destroys its own TurboJPEG handle, so any
 number of numba ``prange`` threads (and loaders) may decode at once. A fresh handle
 costs about 0.4 µs, under 1% of a 256 px decode (measured against one reused handle).
@@ -16,13 +19,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from typing import Callable, Sequence
+from typing import Sequence
 
+import llvmlite.binding as llvm
 import numpy as np
-from numba import njit
+from numba import njit, types
 
-__all__ = ["DECODES", "compile_decode_rgb", "compile_raise_on_failure", "decode_flags", "decode_rgb", "describe",
-           "load_turbojpeg", "raise_on_failure"]
+__all__ = ["DECODES", "decode_flags", "decode_rgb", "describe", "load_turbojpeg", "raise_on_failure"]
 
 #: values of the ``decode`` option: libjpeg-turbo's accurate IDCT (exact, Pillow's) or its fast one (biased)
 DECODES = ("accurate", "fast")
@@ -56,19 +59,21 @@ def load_turbojpeg(names: Sequence[str] = ("libturbojpeg.so.0", "turbojpeg")) ->
                       f"{_APT_HINT}")
 
 
-def _bind(lib: ctypes.CDLL, name: str, restype: type | None, *argtypes: type) -> ctypes._CFuncPtr:
-    function = getattr(lib, name)
-    function.restype, function.argtypes = restype, list(argtypes)
-    return function
+def _register(names: Sequence[str] = ("libturbojpeg.so.0", "turbojpeg")) -> None:
+    """Make libturbojpeg's symbols resolvable from compiled code (by name: the code can be cached on disk)."""
+    lib = load_turbojpeg(names)
+    llvm.load_library_permanently(lib._name)
 
 
-_lib = load_turbojpeg()
-_ptr, _int, _size = ctypes.c_void_p, ctypes.c_int, ctypes.c_ulong
-_init = _bind(_lib, "tjInitDecompress", _ptr)
-_destroy = _bind(_lib, "tjDestroy", _int, _ptr)
-_header = _bind(_lib, "tjDecompressHeader3", _int, _ptr, _ptr, _size, _ptr, _ptr, _ptr, _ptr)
-_decompress = _bind(_lib, "tjDecompress2", _int, _ptr, _ptr, _size, _ptr, _int, _int, _int, _int, _int)
-_error_code = _bind(_lib, "tjGetErrorCode", _int, _ptr)
+_register()
+_handle, _int, _size = types.voidptr, types.intc, types.ulong
+_init = types.ExternalFunction("tjInitDecompress", types.uintp())  # an address: 0 if it failed
+_destroy = types.ExternalFunction("tjDestroy", _int(_handle))
+_header = types.ExternalFunction("tjDecompressHeader3", _int(_handle, _handle, _size, _handle, _handle, _handle,
+                                                              _handle))
+_decompress = types.ExternalFunction("tjDecompress2", _int(_handle, _handle, _size, _handle, _int, _int, _int, _int,
+                                                           _int))
+_error_code = types.ExternalFunction("tjGetErrorCode", _int(_handle))
 
 
 def decode_flags(decode: str) -> int:
@@ -78,7 +83,8 @@ def decode_flags(decode: str) -> int:
     return TJFLAG_FASTDCT if decode == "fast" else 0
 
 
-def _decode_rgb(source: np.ndarray, destination: np.ndarray, flags: int) -> int:
+@njit(nogil=True, cache=True)
+def decode_rgb(source: np.ndarray, destination: np.ndarray, flags: int) -> int:
     """Decode the JPEG bytes ``source`` into ``destination`` (HxWx3 uint8, RGB); return a status code.
 
     ``flags`` 0 is the accurate IDCT (Pillow's pixels), :data:`TJFLAG_FASTDCT` the fast one.
@@ -109,52 +115,26 @@ def _decode_rgb(source: np.ndarray, destination: np.ndarray, flags: int) -> int:
     return status
 
 
-def compile_decode_rgb() -> Callable[[np.ndarray, np.ndarray, int], int]:
-    """A fresh numba dispatcher of :func:`decode_rgb`, for one compiled pipeline.
-
-    Each FFCV pipeline gets its own (as FFCV does with its ``imdecode``): with numba
-    0.68 we saw a pipeline compiled in FFCV's thread fail with a KeyError (and the
-    loader hang) when it needed a new overload of a dispatcher already compiled for
-    other array types (e.g. a writable source buffer in a test, a read-only one here).
-    """
-    return njit(nogil=True)(_decode_rgb)
-
-
-#: :func:`_decode_rgb` compiled for direct calls (tests, benchmarks); pipelines use :func:`compile_decode_rgb`
-decode_rgb = compile_decode_rgb()
+#: what each failing :func:`decode_rgb` status means
+_FAILURES = {
+    NOT_A_JPEG: "the payload is not a readable JPEG (bad header)",
+    SIZE_MISMATCH: "the JPEG's width/height differ from the image size in the beton's metadata",
+    BAD_DESTINATION: "the destination is not a contiguous HxWx3 uint8 array",
+    CORRUPT: "the JPEG data is corrupt or truncated",
+    FAILED: "libjpeg-turbo could not decode the JPEG",
+    NO_MEMORY: "libjpeg-turbo could not allocate a decoder (out of memory)",
+}
 
 
-@njit(nogil=True)
 def describe(status: int) -> str:
     """What a :func:`decode_rgb` status code means."""
-    if status == NOT_A_JPEG:
-        return "the payload is not a readable JPEG (bad header)"
-    if status == SIZE_MISMATCH:
-        return "the JPEG's width/height differ from the image size in the beton's metadata"
-    if status == BAD_DESTINATION:
-        return "the destination is not a contiguous HxWx3 uint8 array"
-    if status == CORRUPT:
-        return "the JPEG data is corrupt or truncated"
-    if status == FAILED:
-        return "libjpeg-turbo could not decode the JPEG"
-    if status == NO_MEMORY:
-        return "libjpeg-turbo could not allocate a decoder (out of memory)"
-    return "unknown error"
+    return _FAILURES.get(int(status), "unknown error")
 
 
-def _raise_on_failure(statuses: np.ndarray, indices: np.ndarray) -> None:
+def raise_on_failure(statuses: np.ndarray, indices: np.ndarray) -> None:
     """Raise a RuntimeError naming the first sample of ``indices`` whose decode status is not 0."""
-    for i in range(len(statuses)):
-        if statuses[i] != OK:
-            raise RuntimeError("cannot decode the JPEG of sample " + str(indices[i]) + ": "
-                               + describe(np.int32(statuses[i]))
-                               + "; check the beton with `jit-ffcv info BETON --verify` or write it again")
-
-
-def compile_raise_on_failure() -> Callable[[np.ndarray, np.ndarray], None]:
-    """A fresh numba dispatcher of :func:`raise_on_failure`, for one pipeline (see :func:`compile_decode_rgb`)."""
-    return njit(nogil=True)(_raise_on_failure)
-
-
-#: :func:`_raise_on_failure` compiled for direct calls; pipelines use :func:`compile_raise_on_failure`
-raise_on_failure = compile_raise_on_failure()
+    failed = np.flatnonzero(statuses != OK)
+    if len(failed):
+        first = failed[0]
+        raise RuntimeError(f"cannot decode the JPEG of sample {indices[first]}: {describe(statuses[first])}; "
+                           f"check the beton with `jit-ffcv info BETON --verify` or write it again")

@@ -15,82 +15,10 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 
-import numpy as np
-from numba import njit
-
 from writers.ffcv_api import AllocationQuery, Compiler, Operation, State
+from jit_ffcv.kernels import chw_copy, chw_mirror, precompiled, to_chw_batch, variant
 
-__all__ = ["ToCHW", "chw_copy", "chw_mirror", "compile_chw_copy", "compile_to_chw", "hwc_to_chw"]
-
-# uint64 indices on purpose: with signed ones numba emits a negative-index wrap
-# check on every access, which stops LLVM from vectorising these loops.
-_U1, _U2, _U3 = np.uint64(1), np.uint64(2), np.uint64(3)
-
-
-def _chw_copy(source: np.ndarray, out: np.ndarray) -> None:
-    src = source.reshape(-1)
-    dst = out.reshape(-1)
-    plane = np.uint64(out.shape[1] * out.shape[2])
-    two = plane + plane
-    for p in range(plane):
-        q = _U3 * p
-        dst[p] = src[q]
-        dst[plane + p] = src[q + _U1]
-        dst[two + p] = src[q + _U2]
-
-
-def _chw_mirror(source: np.ndarray, out: np.ndarray) -> None:
-    src = source.reshape(-1)
-    dst = out.reshape(-1)
-    height, width = np.uint64(out.shape[1]), np.uint64(out.shape[2])
-    plane = height * width
-    two = plane + plane
-    last = _U3 * (width - _U1)  # first byte of a row's last pixel
-    for r in range(height):
-        row = r * width
-        base = _U3 * row + last
-        for x in range(width):
-            q = base - _U3 * x
-            dst[row + x] = src[q]
-            dst[plane + row + x] = src[q + _U1]
-            dst[two + row + x] = src[q + _U2]
-
-
-_KERNEL = dict(nogil=True, fastmath=True, error_model="numpy")
-
-
-def compile_chw_copy() -> Callable:
-    """A fresh dispatcher of :func:`chw_copy`, for one compiled pipeline.
-
-    Like :func:`jit_ffcv.jpeg.compile_decode_rgb`: with numba 0.68 a pipeline compiled in
-    FFCV's thread fails with a KeyError (and the loader hangs) when it needs a new overload
-    of a dispatcher already compiled for other array types (measured here too).
-    """
-    return njit(**_KERNEL)(_chw_copy)
-
-
-def compile_to_chw() -> Callable:
-    """A fresh ``to_chw(source, out, mirror)``: :func:`chw_mirror` if ``mirror`` else :func:`chw_copy`.
-
-    Fresh dispatchers for one compiled pipeline (see :func:`compile_chw_copy`).
-    """
-    copy_kernel, mirror_kernel = njit(**_KERNEL)(_chw_copy), njit(**_KERNEL)(_chw_mirror)
-
-    @njit(nogil=True)
-    def to_chw(source: np.ndarray, out: np.ndarray, mirror: bool) -> None:
-        if mirror:
-            mirror_kernel(source, out)
-        else:
-            copy_kernel(source, out)
-
-    return to_chw
-
-
-#: Write the C-contiguous HWC uint8 ``source`` (any shape, H*W*3 bytes) into the 3xHxW ``out``.
-chw_copy = compile_chw_copy()
-#: Like :func:`chw_copy`, mirrored left-right: ``out[c, r, x] = source[r, W - 1 - x, c]``, in one pass.
-chw_mirror = njit(**_KERNEL)(_chw_mirror)
-hwc_to_chw = chw_copy  # the earlier name of the unmirrored transpose
+__all__ = ["ToCHW", "chw_copy", "chw_mirror"]
 
 
 class ToCHW(Operation):
@@ -100,15 +28,13 @@ class ToCHW(Operation):
     """
 
     def generate_code(self) -> Callable:
-        my_range = Compiler.get_iterator()
-        transpose = compile_chw_copy()
+        kernel = variant(to_chw_batch, Compiler.num_threads)  # compiled once per process (jit_ffcv.kernels)
 
+        @precompiled
         def to_chw(images, dst):  # type: ignore[no-untyped-def]
-            for i in my_range(images.shape[0]):
-                transpose(images[i], dst[i])
+            kernel(images, dst)
             return dst[: images.shape[0]]
 
-        to_chw.is_parallel = True
         return to_chw
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:

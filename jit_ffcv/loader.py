@@ -19,7 +19,7 @@ import torch
 from jit_ffcv.epoch import DecodeThread, Decoding, Epoch
 from jit_ffcv.guards import check_devices, check_steps, check_unchanged, file_identity
 from jit_ffcv.loader_state import MAX_EPOCH, Spec, check_fields, layout_fingerprint
-from jit_ffcv.ops import EpochCell
+from jit_ffcv.ops import EpochCell, hand_epoch
 from jit_ffcv.traversal import ShardedOrder
 from jit_ffcv.resume import ResumeTracker
 from writers.ffcv_api import AllocationQuery, Compiler, Loader
@@ -75,6 +75,7 @@ class JiTLoader(Loader):
                  **kwargs: Any) -> None:
         check_devices(kwargs.get("pipelines") or {})
         self.epoch_cell = epoch_cell or EpochCell()
+        hand_epoch(kwargs.get("pipelines", args[8] if len(args) > 8 else {}), self.epoch_cell)  # before FFCV's codegen
         self.pin_memory = bool(pin_memory)
         self._buffers: Any = None
         self._running: Epoch | None = None  # the current epoch

@@ -1,11 +1,13 @@
 """Numba-compiled FFCV operations whose randomness is a pure function of (seed, epoch, index).
 
-FFCV compiles each operation once and freezes the values it captures, so an op
-cannot see the epoch through a Python attribute. :class:`EpochCell` is a tiny
-int64 that compiled code reads through its address at run time; the loader
-writes the epoch into it before each epoch. With it, a flip decision is
-``hash(seed, epoch, sample index) < p``: reproducible across runs, thread counts
-and ranks, unlike FFCV's ``RandomHorizontalFlip`` (unseeded global numpy state).
+The epoch lives in an :class:`EpochCell`, a tiny int64 that the loader writes before each
+epoch; a :class:`~jit_ffcv.loader.JiTLoader` hands its cell to every op with an
+``epoch_cell`` attribute (:func:`hand_epoch`). A flip decision is
+``hash(seed, epoch, sample index) < p``: reproducible across runs, thread counts and ranks,
+unlike FFCV's ``RandomHorizontalFlip`` (unseeded global numpy state). :class:`FlipDecoder`
+passes the epoch, seed and probability as arguments to a kernel compiled once per process
+(:mod:`jit_ffcv.kernels`); code that FFCV compiles itself (the template below, custom ops)
+freezes the values it captures, and reads the epoch through the cell's address.
 
 Two ways to flip, same decisions, same pixels:
 
@@ -21,8 +23,9 @@ Two ways to flip, same decisions, same pixels:
 from __future__ import annotations
 
 import copy
+import numbers
 from dataclasses import replace
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numba
 import numpy as np
@@ -30,20 +33,18 @@ import torch
 from numba import njit, types
 from numba.extending import intrinsic
 
-from writers.ffcv_api import (
-    IMAGE_MODES,
-    AllocationQuery,
-    Compiler,
-    Operation,
-    SimpleRGBImageDecoder,
-    State,
-    memcpy,
-)
-from jit_ffcv.jpeg import compile_decode_rgb, compile_raise_on_failure, decode_flags
-from jit_ffcv.layout import ToCHW, compile_to_chw
+from writers.ffcv_api import AllocationQuery, Compiler, Operation, SimpleRGBImageDecoder, State
+from jit_ffcv.jpeg import decode_flags, raise_on_failure
+from jit_ffcv.kernels import decode_batch, flip_decision, mirror_copy, mirror_inplace, precompiled, variant
+from jit_ffcv.layout import ToCHW
 
-__all__ = ["EpochCell", "FlipDecoder", "SeededHorizontalFlip", "ToUnitRange", "flip_decision", "flip_mask", "nchw_ops",
-           "read_int64"]
+__all__ = ["JPG_MODE", "EpochCell", "FlipDecoder", "SeededHorizontalFlip", "ToUnitRange", "check_prob", "flip_decision",
+           "flip_mask", "hand_epoch", "mirror_copy", "mirror_inplace", "nchw_ops", "read_int64"]
+
+#: FFCV's ``IMAGE_MODES["jpg"]`` (a numba typed dict: reading it from Python compiles its lookup, ~2 s)
+JPG_MODE = 0
+#: seeds the flip hash takes (a numba int64)
+SEED_LIMIT = 2**63
 
 
 @intrinsic
@@ -80,21 +81,6 @@ class EpochCell:
         return int(self._value[0])
 
 
-@njit(inline="always")
-def _mix(x: np.uint64) -> np.uint64:
-    """SplitMix64 finaliser: a cheap, well-distributed 64-bit hash step."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-@njit(nogil=True)
-def flip_decision(seed: int, epoch: int, index: int, prob: float) -> bool:
-    """True if sample ``index`` is flipped in ``epoch``: ``U(seed, epoch, index) < prob``."""
-    h = _mix(_mix(_mix(np.uint64(seed)) ^ np.uint64(epoch)) ^ np.uint64(index))
-    return (h >> np.uint64(11)) * (1.0 / 9007199254740992.0) < prob
-
-
 @njit(nogil=True)
 def _flip_mask(seed: int, epoch: int, indices: np.ndarray, prob: float) -> np.ndarray:
     out = np.empty(len(indices), dtype=np.bool_)
@@ -103,82 +89,84 @@ def _flip_mask(seed: int, epoch: int, indices: np.ndarray, prob: float) -> np.nd
     return out
 
 
+def hand_epoch(pipelines: Mapping[str, Any], cell: EpochCell) -> None:
+    """Give every op of ``pipelines`` (FFCV's ``Loader`` argument) that has an ``epoch_cell`` attribute ``cell``.
+
+    A :class:`~jit_ffcv.loader.JiTLoader` calls it with its own cell before FFCV generates the
+    pipeline's code, so ops (also custom ones) built without a cell flip per epoch.
+    """
+    for spec in pipelines.values():
+        ops = [spec.decoder, *spec.transforms] if hasattr(spec, "transforms") else list(spec or [])
+        for op in ops:
+            if hasattr(op, "epoch_cell"):
+                op.epoch_cell = cell
+
+
 def flip_mask(seed: int, epoch: int, indices: np.ndarray, prob: float) -> np.ndarray:
     """Vector of :func:`flip_decision` for ``indices`` (for inspection and tests)."""
     return _flip_mask(seed, epoch, np.asarray(indices, dtype=np.int64), prob)
 
 
-# The two kernels below index with uint64 on purpose: with signed indices numba
-# emits a negative-index wrap check on every access, which stops LLVM from turning
-# the 3-byte pixel reversal into byte shuffles (15-35x slower, measured).
-_U1, _U2, _U3 = np.uint64(1), np.uint64(2), np.uint64(3)
+def _check(name: str, value: Any, kind: type | tuple[type, ...], expected: str, valid: bool = True) -> Any:
+    """``value`` if it is a ``kind`` (not a bool, unless asked) and ``valid``, else a one-line error naming the option.
 
-
-@njit(nogil=True, fastmath=True, error_model="numpy")
-def mirror_inplace(image: np.ndarray) -> None:
-    """Mirror one C-contiguous HxWx3 uint8 image left-right in place (row via a temp buffer)."""
-    height, width = np.uint64(image.shape[0]), np.uint64(image.shape[1])
-    flat = image.reshape(-1)
-    row_bytes = _U3 * width
-    row = np.empty(image.shape[1] * 3, dtype=np.uint8)
-    for r in range(height):
-        base = r * row_bytes
-        for j in range(row_bytes):
-            row[j] = flat[base + j]
-        for c in range(width):
-            out = base + _U3 * c
-            src = _U3 * (width - _U1 - c)
-            flat[out] = row[src]
-            flat[out + _U1] = row[src + _U1]
-            flat[out + _U2] = row[src + _U2]
-
-
-@njit(nogil=True, fastmath=True, error_model="numpy")
-def mirror_copy(source: np.ndarray, image: np.ndarray) -> None:
-    """Write the mirror of ``source`` (flat HWC bytes) into the C-contiguous HxWx3 ``image``."""
-    height, width = np.uint64(image.shape[0]), np.uint64(image.shape[1])
-    dst = image.reshape(-1)
-    row_bytes = _U3 * width
-    for r in range(height):
-        base = r * row_bytes
-        for c in range(width):
-            out = base + _U3 * c
-            src = base + _U3 * (width - _U1 - c)
-            dst[out] = source[src]
-            dst[out + _U1] = source[src + _U1]
-            dst[out + _U2] = source[src + _U2]
+    TypeError for the wrong type (``flip_prob="0.5"``), ValueError for a value out of range.
+    """
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, (bool, np.bool_)) and bool not in kinds):
+        raise TypeError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
+    if not valid:
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return value
 
 
 def check_prob(flip_prob: float) -> float:
-    """Validate a flip probability (ValueError naming the option otherwise)."""
-    if not 0.0 <= flip_prob <= 1.0:
-        raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob!r}")
-    return float(flip_prob)
+    """Validate a flip probability (TypeError or ValueError naming the option otherwise)."""
+    number = isinstance(flip_prob, numbers.Real)
+    return float(_check("flip_prob", flip_prob, numbers.Real, "a number in [0, 1]", number and 0 <= flip_prob <= 1))
+
+
+def _check_common(flip_prob: float, seed: int, epoch_cell: EpochCell | None) -> tuple[float, int, EpochCell | None]:
+    """The options every flipping op takes, validated."""
+    integer = isinstance(seed, numbers.Integral)
+    _check("seed", seed, numbers.Integral, "an integer in [0, 2**63)", integer and 0 <= seed < SEED_LIMIT)
+    _check("epoch_cell", epoch_cell, (EpochCell, type(None)), "an EpochCell or None")
+    return check_prob(flip_prob), int(seed), epoch_cell
+
+
+_NO_EPOCH = EpochCell()  # read by ops whose flip_prob (0 or 1) needs no epoch; never set
+
+
+def _epoch_cell(op: Any) -> EpochCell:
+    """The cell ``op`` reads its epoch from; without one, only ``flip_prob`` 0 or 1 (no epoch needed) works."""
+    if op.epoch_cell is None:
+        if op.flip_prob not in (0.0, 1.0):
+            raise ValueError(f"{type(op).__name__}(flip_prob={op.flip_prob}) has no epoch: use it in a JiTLoader, "
+                             f"which hands it its epoch, or pass epoch_cell=EpochCell() and set it before each epoch")
+        return _NO_EPOCH
+    return op.epoch_cell
 
 
 class FlipDecoder(SimpleRGBImageDecoder):
     """Decode fixed-size RGB images and mirror the chosen ones in the same pass.
 
     ``flip_decision(seed, epoch, index, flip_prob)`` decides; the epoch comes from
-    ``epoch_cell`` (set by the loader), so one compiled pipeline serves all epochs.
-    JPEGs are decoded with libjpeg-turbo's accurate IDCT (``jpeg_decode="accurate"``:
-    Pillow's pixels exactly) or, opt-in, its fast IDCT (``"fast"``: biased, see the
-    README). ``flip_prob=0`` makes it the plain decoder of the val pipeline. A payload
-    that cannot be decoded raises a RuntimeError naming its sample index.
+    ``epoch_cell``, which a :class:`~jit_ffcv.loader.JiTLoader` sets to its own, so one compiled
+    pipeline serves all epochs. JPEGs are decoded with libjpeg-turbo's accurate IDCT
+    (``jpeg_decode="accurate"``: Pillow's pixels exactly) or, opt-in, its fast IDCT (``"fast"``:
+    biased, see the README). ``flip_prob=0`` makes it the plain decoder of the val pipeline. A
+    payload that cannot be decoded raises a RuntimeError naming its sample index.
     ``chw=True`` outputs 3xHxW images instead of HxWx3 (see :meth:`declare_state_and_memory`).
+    The kernel is compiled once per process (:mod:`jit_ffcv.kernels`); the options are its arguments.
     """
 
     def __init__(self, *, flip_prob: float = 0.5, seed: int = 0, epoch_cell: EpochCell | None = None,
                  jpeg_decode: str = "accurate", chw: bool = False) -> None:
         super().__init__()
-        self.flip_prob = check_prob(flip_prob)
-        self.seed = int(seed)
-        self.epoch_cell = epoch_cell or EpochCell()
+        self.flip_prob, self.seed, self.epoch_cell = _check_common(flip_prob, seed, epoch_cell)
         self.jpeg_flags = decode_flags(jpeg_decode)
         self.jpeg_decode = jpeg_decode
-        if not isinstance(chw, bool):
-            raise TypeError(f"chw must be True or False, got {chw!r}")
-        self.chw = chw
+        self.chw = _check("chw", chw, bool, "True or False")
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery | tuple]:
         """HWC: one HxWx3 buffer. CHW: an HxWx3 scratch (JPEG decoding) and the 3xHxW output."""
@@ -190,59 +178,21 @@ class FlipDecoder(SimpleRGBImageDecoder):
         return replace(state, shape=shape), (hwc, AllocationQuery(shape, state.dtype))
 
     def generate_code(self) -> Callable:
-        mem_read = self.memory_read
-        memcpy_c = Compiler.compile(memcpy)
-        decode_rgb, raise_on_failure = compile_decode_rgb(), compile_raise_on_failure()  # fresh: see jit_ffcv.jpeg
-        my_range = Compiler.get_iterator()
-        jpg = IMAGE_MODES["jpg"]
-        to_chw = compile_to_chw()  # fresh, like decode_rgb
-        seed, prob, address, flags = self.seed, self.flip_prob, self.epoch_cell.address, self.jpeg_flags
-        max_threads = numba.config.NUMBA_NUM_THREADS  # thread ids are below it, whatever the layer
+        kernel = variant(decode_batch, Compiler.num_threads)
+        _epoch_cell(self)  # no epoch to read: say so now, not at the first batch
+        seed, prob, flags, chw = np.int64(self.seed), np.float64(self.flip_prob), np.int32(self.jpeg_flags), self.chw
 
+        @precompiled
         def decode(batch_indices, destination, metadata, storage_state):  # type: ignore[no-untyped-def]
-            epoch = read_int64(address)
-            status = np.zeros(len(batch_indices), dtype=np.int32)
-            for i in my_range(len(batch_indices)):
-                index = batch_indices[i]
-                field = metadata[index]
-                data = mem_read(field["data_ptr"], storage_state)
-                flip = flip_decision(seed, epoch, index, prob)
-                if field["mode"] == jpg:
-                    status[i] = decode_rgb(data, destination[i], flags)
-                    if flip and status[i] == 0:
-                        mirror_inplace(destination[i])
-                elif flip:
-                    mirror_copy(data, destination[i])
-                else:
-                    memcpy_c(data, destination[i])
+            scratch, out = destination if chw else (destination, destination)
+            per_thread = scratch.shape[0] >= numba.config.NUMBA_NUM_THREADS  # thread ids are below it
+            epoch = np.int64(_epoch_cell(self).get())  # the cell may be bound after this code was made
+            status = kernel(batch_indices, out, scratch, metadata, storage_state, JPG_MODE, seed, epoch, prob, flags,
+                            chw, per_thread)
             raise_on_failure(status, batch_indices)
-            return destination[: len(batch_indices)]
+            return out[: len(batch_indices)]
 
-        def decode_chw(batch_indices, buffers, metadata, storage_state):  # type: ignore[no-untyped-def]
-            scratch, destination = buffers
-            epoch = read_int64(address)
-            status = np.zeros(len(batch_indices), dtype=np.int32)
-            per_thread = scratch.shape[0] >= max_threads
-            for i in my_range(len(batch_indices)):
-                index = batch_indices[i]
-                field = metadata[index]
-                data = mem_read(field["data_ptr"], storage_state)
-                flip = flip_decision(seed, epoch, index, prob)
-                if field["mode"] == jpg:
-                    # one scratch image per thread, reused, stays in that core's cache (one per image
-                    # would be a fresh 196 KiB at 256 px each time: ~6% slower, measured on one core)
-                    hwc = scratch[numba.get_thread_id()] if per_thread else scratch[i]
-                    status[i] = decode_rgb(data, hwc, flags)
-                    if status[i] == 0:  # still in cache: transposed (and mirrored) right away
-                        to_chw(hwc, destination[i], flip)
-                else:
-                    to_chw(data, destination[i], flip)
-            raise_on_failure(status, batch_indices)
-            return destination[: len(batch_indices)]
-
-        chosen = decode_chw if self.chw else decode
-        chosen.is_parallel = True
-        return chosen
+        return decode
 
 
 def nchw_ops(image_ops: list[Operation]) -> list[Operation]:
@@ -261,20 +211,20 @@ def nchw_ops(image_ops: list[Operation]) -> list[Operation]:
 class SeededHorizontalFlip(Operation):
     """In-place random horizontal flip of a batch of HWC uint8 images.
 
-    A template for custom numba ops: ``generate_code`` returns a plain function
-    that FFCV compiles; ``with_indices`` makes FFCV pass the batch's sample
-    indices; ``declare_state_and_memory`` declares no new buffer (in place).
+    A template for custom numba ops: ``generate_code`` returns a plain function that FFCV
+    compiles; ``with_indices`` makes FFCV pass the batch's sample indices;
+    ``declare_state_and_memory`` declares no new buffer (in place). An ``epoch_cell`` attribute
+    (``None`` until then) makes a :class:`~jit_ffcv.loader.JiTLoader` hand the op its epoch cell
+    before the code is generated; the compiled code reads the epoch through its address.
     """
 
     def __init__(self, flip_prob: float = 0.5, *, seed: int = 0, epoch_cell: EpochCell | None = None) -> None:
         super().__init__()
-        self.flip_prob = check_prob(flip_prob)
-        self.seed = int(seed)
-        self.epoch_cell = epoch_cell or EpochCell()
+        self.flip_prob, self.seed, self.epoch_cell = _check_common(flip_prob, seed, epoch_cell)
 
     def generate_code(self) -> Callable:
         my_range = Compiler.get_iterator()
-        seed, prob, address = self.seed, self.flip_prob, self.epoch_cell.address
+        seed, prob, address = self.seed, self.flip_prob, _epoch_cell(self).address
 
         def flip(images, _dst, indices):  # type: ignore[no-untyped-def]
             epoch = read_int64(address)

@@ -205,7 +205,7 @@ CORRUPT_SCRIPT = """
 import os, sys, threading
 from writers.ffcv_api import IntDecoder, Loader
 from ffcv.loader import OrderOption
-from jit_ffcv.ops import FlipDecoder
+from jit_ffcv.ops import EpochCell, FlipDecoder
 
 def report(args):  # the error surfaced in FFCV's decode thread
     print("ERROR", args.exc_value, flush=True)
@@ -213,7 +213,7 @@ def report(args):  # the error surfaced in FFCV's decode thread
 
 threading.excepthook = report
 loader = Loader(sys.argv[1], batch_size=8, num_workers=2, order=OrderOption.SEQUENTIAL, drop_last=False,
-                pipelines={"image": [FlipDecoder(flip_prob=0.5)], "label": [IntDecoder()]})
+                pipelines={"image": [FlipDecoder(flip_prob=0.5, epoch_cell=EpochCell())], "label": [IntDecoder()]})
 try:
     batches = sum(1 for _ in loader)
 except Exception as exc:  # the error surfaced in the consumer

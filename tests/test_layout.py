@@ -158,20 +158,21 @@ import sys, threading, numpy as np, os
 from ffcv.fields.decoders import IntDecoder
 from ffcv.loader import Loader, OrderOption
 from jit_ffcv.layout import chw_copy, chw_mirror
-from jit_ffcv.ops import FlipDecoder
+from jit_ffcv.ops import EpochCell, FlipDecoder
 threading.excepthook = lambda args: (print(args.exc_value, flush=True), os._exit(3))
 image, out = np.zeros((5, 7, 3), np.uint8), np.zeros((3, 5, 7), np.uint8)
 chw_copy(image, out); chw_copy(image.reshape(-1).copy(), out); chw_mirror(image, out)  # two writable overloads
 loader = Loader(sys.argv[1], batch_size=8, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
-                pipelines={"image": [FlipDecoder(chw=True)], "label": [IntDecoder()], "index": None})
+                pipelines={"image": [FlipDecoder(chw=True, epoch_cell=EpochCell())], "label": [IntDecoder()], "index": None})
 print(sum(len(x) for x, _ in loader))
 """
 
 
-def test_pipeline_compiles_after_direct_kernel_calls(raw_beton: Path) -> None:
-    """Pipelines get fresh kernel dispatchers: a shared one, already compiled for writable arrays,
-    failed with a KeyError in FFCV's thread on the read-only payload (and the loader hung)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def test_pipeline_compiles_after_direct_kernel_calls(raw_beton: Path, tmp_path: Path) -> None:
+    """Kernels shared with direct calls: FFCV's OS-cache reader used to set ``mutable = False`` on numba's
+    shared ``uint8[::1]`` type, so a kernel already compiled for writable arrays failed with a KeyError in
+    FFCV's thread on the read-only payload (and the loader hung); writers.ffcv_api replaces that reader."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "NUMBA_CACHE_DIR": str(tmp_path)}  # cold: compiled in the thread
     done = subprocess.run([sys.executable, "-c", _AFTER_DIRECT_CALLS, str(raw_beton)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=240)
     assert (done.returncode, done.stdout) == (0, f"{N}\n"), done.stdout + done.stderr[-2000:]

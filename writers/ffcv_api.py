@@ -22,10 +22,16 @@ numba's shutdown waits for a task only a worker would run (cf. numba#10556, oneT
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import sys
+import threading
+import types
+from typing import Any, Callable
 
 import numba
+import numpy as np
 import torch
 from numba.np.ufunc import parallel as _numba_parallel
 
@@ -50,6 +56,10 @@ TOUCH_POINTS: tuple[str, ...] = (
     "ffcv.types:get_metadata_type",  # writers.dryrun: exact file size of a raw beton
     "ffcv.reader:Reader().alloc_table",  # jit_ffcv.order: the page of every sample
     "ffcv.libffcv:imdecode",  # bench: FFCV's own JPEG decode (the fast IDCT), for comparison
+    "ffcv.pipeline.compiler:Compiler.compile",  # compiles each op's code once per process (_compile_once)
+    "ffcv.memory_managers.os_cache:OSCacheManager.compile_reader",  # replaced: FFCV's mutates numba's types
+    "ffcv.memory_managers.os_cache:OSCacheContext.state",  # jit_ffcv.kernels reads (mmap, ptrs, sizes)
+    "ffcv.memory_managers.process_cache.context:ProcessCacheContext.state",  # (pages, ptrs, sizes, page slots)
 )
 
 
@@ -76,6 +86,7 @@ from ffcv.libffcv import imdecode, memcpy  # noqa: E402
 from ffcv.loader import Loader, OrderOption  # noqa: E402
 from ffcv.loader.epoch_iterator import EpochIterator  # noqa: E402
 from ffcv.memory_allocator import MemoryAllocator  # noqa: E402
+from ffcv.memory_managers.os_cache import OSCacheManager  # noqa: E402
 from ffcv.pipeline.allocation_query import AllocationQuery  # noqa: E402
 from ffcv.pipeline.compiler import Compiler  # noqa: E402
 from ffcv.pipeline.operation import Operation  # noqa: E402
@@ -102,6 +113,83 @@ def _set_numba_threads(cls: type, n: int) -> None:
 
 if getattr(Compiler.set_num_threads, "__func__", None) is not _set_numba_threads:
     Compiler.set_num_threads = classmethod(_set_numba_threads)  # type: ignore[method-assign]
+
+_ffcv_compile = Compiler.compile.__func__
+_compiled: dict[tuple, Callable] = {}  # (code, closure values, signature, parallel) -> dispatcher, for the process
+_STATIC = (int, float, bool, str, bytes, type(None), np.generic, type, types.BuiltinFunctionType,
+           numba.core.dispatcher.Dispatcher)
+
+
+def _static_key(code: Callable, signature: Any, parallel: bool) -> tuple | None:
+    """What a compiled ``code`` depends on, if it is only code and immutable values (else ``None``: not shared)."""
+    if not isinstance(code, types.FunctionType):
+        return None
+    try:
+        cells = tuple(cell.cell_contents for cell in code.__closure__ or ())
+    except ValueError:  # a cell not yet filled
+        return None
+    if not all(isinstance(value, _STATIC) for value in cells):
+        return None
+    return code.__code__, id(code.__globals__), tuple((type(v), v) for v in cells), signature, parallel
+
+
+def _compile_once(cls: type, code: Callable, signature: Any = None) -> Callable:
+    """FFCV's ``Compiler.compile``, with one dispatcher per process for the same code and values.
+
+    Code marked ``precompiled`` (jit-ffcv's ops: a Python call into kernels compiled once per
+    process) is used as it is. FFCV compiles every op of every loader afresh otherwise, about
+    0.5 s each (label decoders, readers), which also keeps each loader's machine code alive.
+    Code that closes over nothing is also cached on disk (a closure's values, e.g. dispatchers,
+    differ per process, so numba's cache would never match them).
+    """
+    if getattr(code, "precompiled", False) or not cls.is_enabled:
+        return code
+    parallel = bool(getattr(code, "is_parallel", False)) and cls.num_threads > 1
+    key = _static_key(code, signature, parallel)
+    if key is None:
+        return _ffcv_compile(cls, code, signature)
+    with _compile_lock:
+        if key not in _compiled:
+            _compiled[key] = _cached(code, signature, parallel) if _cacheable(code) else _ffcv_compile(cls, code, signature)
+        return _compiled[key]
+
+
+def _cacheable(code: types.FunctionType) -> bool:
+    """True if numba can cache ``code`` on disk: no closure, no ctypes function (FFCV's ``imdecode``, ``memcpy``)."""
+    return not code.__closure__ and not any(isinstance(code.__globals__.get(name), ctypes._CFuncPtr)
+                                            for name in code.__code__.co_names)
+
+
+def _cached(code: Callable, signature: Any, parallel: bool) -> Callable:
+    """FFCV's compile options plus numba's disk cache, for code that closes over nothing (e.g. ``IntDecoder``'s)."""
+    return numba.njit(signature, fastmath=True, nogil=True, error_model="numpy", parallel=parallel, cache=True)(code)
+
+
+_compile_lock = threading.Lock()
+if getattr(Compiler.compile, "__func__", None) is not _compile_once:
+    Compiler.compile = classmethod(_compile_once)  # type: ignore[method-assign]
+
+
+def _read_mapped(address: int, state: tuple) -> np.ndarray:
+    """The stored bytes of the sample at ``address`` in the memory-mapped beton (FFCV's reader)."""
+    size = state[2][np.searchsorted(state[1], address)]
+    return state[0][address:address + size]
+
+
+@functools.cache
+def _os_cache_reader() -> Callable:
+    """FFCV's reader of the OS-cache manager, compiled once and typed without mutating numba's types.
+
+    FFCV 1.0.2 sets ``mutable = False`` on numba's shared ``uint8[::1]`` type object, which corrupts
+    every dispatcher keyed by it (a KeyError, and a hung loader, when one later needs a new overload).
+    """
+    data = numba.types.Array(numba.types.uint8, 1, "C", readonly=True)
+    pointers = numba.types.Array(numba.types.uint64, 1, "C")
+    signature = data(numba.types.uint64, numba.types.Tuple([data, pointers, pointers]))
+    return numba.njit(signature, nogil=True, cache=True)(_read_mapped)
+
+
+OSCacheManager.compile_reader = lambda self: _os_cache_reader()  # type: ignore[method-assign]
 
 #: FFCV's decoding step of one batch (``EpochIterator.run_pipeline``), used by jit_ffcv.epoch
 run_pipeline = EpochIterator.run_pipeline
