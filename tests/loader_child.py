@@ -20,7 +20,6 @@ from writers.ffcv_api import Compiler, IntDecoder, Operation, SimpleRGBImageDeco
 from jit_ffcv.epoch import DecodeThread
 from jit_ffcv.layout import ToCHW
 from jit_ffcv.loader import JiTLoader
-from jit_ffcv.ops import FlipDecoder
 from jit_ffcv.traversal import SequentialOrder
 
 BAD_INDEX = 7  # the sample whose decoding fails in the "op_error" scenario
@@ -42,6 +41,19 @@ class FailAt(Operation):
         fail_at.is_parallel = True
         fail_at.with_indices = True
         return fail_at
+
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, None]:
+        return replace(previous_state, jit_mode=True), None
+
+
+class BadTyping(Operation):
+    """A custom numba op that numba cannot type (adds a str to an array): it fails to compile, in the thread."""
+
+    def generate_code(self) -> Callable:
+        def bad(images, _dst):  # type: ignore[no-untyped-def]
+            return images + "not a number"
+
+        return bad
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, None]:
         return replace(previous_state, jit_mode=True), None
@@ -96,8 +108,8 @@ def op_error(beton: str) -> dict[str, Any]:
     return consume_until_error(make_loader(beton, [SimpleRGBImageDecoder(), FailAt()]))
 
 
-def bad_seed(beton: str) -> dict[str, Any]:
-    return consume_until_error(make_loader(beton, [FlipDecoder(seed=2**64)]))
+def compile_error(beton: str) -> dict[str, Any]:
+    return consume_until_error(make_loader(beton, [SimpleRGBImageDecoder(), BadTyping()]))
 
 
 def stale(beton: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from numba.core import event
 from jit_ffcv.datamodule import JiTDataModule
 from jit_ffcv.loader import JiTLoader
 from jit_ffcv.ops import JPG_MODE, EpochCell, FlipDecoder, SeededHorizontalFlip, flip_mask
-from jit_ffcv.order import SequentialOrder
+from jit_ffcv.traversal import SequentialOrder
 from tests.conftest import read_beton
 from tests.test_jpeg import pillow_images
 from writers.beton import write_split
@@ -68,7 +68,7 @@ from jit_ffcv.kernels import chw_copy, chw_mirror, mirror_inplace
 from jit_ffcv.layout import ToCHW
 from jit_ffcv.loader import JiTLoader
 from jit_ffcv.ops import FlipDecoder, SeededHorizontalFlip
-from jit_ffcv.order import SequentialOrder
+from jit_ffcv.traversal import SequentialOrder
 image, out = np.zeros((5, 7, 3), np.uint8), np.zeros((3, 5, 7), np.uint8)
 chw_copy(image, out); chw_copy(image.reshape(-1).copy(), out); chw_mirror(image, out); mirror_inplace(image)
 def loader(beton, ops, workers):
