@@ -25,9 +25,11 @@ import torch
 from jit_ffcv.jpeg import decode_flags
 from jit_ffcv.loader import JiTLoader
 from jit_ffcv.mixing import warn_if_folder_order
-from jit_ffcv.ops import EpochCell, FlipDecoder, ToUnitRange, nchw_ops
+from jit_ffcv.gpu_decode import BatchDecoder, GpuDecodeLoader, NvImageCodecDecoder, check_cuda, load_nvimgcodec
+from jit_ffcv.gpu_gather import GatherJpegBytes, max_payload_bytes
+from jit_ffcv.ops import SEED_LIMIT, EpochCell, FlipDecoder, ToUnitRange, nchw_ops
 from jit_ffcv.order import KINDS, samples_per_rank
-from jit_ffcv.traversal import QuasiRandomOrder, RandomOrder, SequentialOrder
+from jit_ffcv.traversal import QuasiRandomOrder, RandomOrder, SequentialOrder, ShardedOrder
 from writers.beton import DEFAULT_QUALITY, write_split
 from writers.checks import flag, int_at_least, int_in_range, one_of, probability
 from writers.cpus import usable_cpus
@@ -53,8 +55,16 @@ class _World:
     rank: int
 
 
-#: seeds the flip hash takes (a numba int64); the order's SeedSequence takes any of them too
-SEED_LIMIT = 2**63
+DECODE_DEVICES = ("cpu", "cuda")
+GPU_BACKENDS = ("auto", "hardware", "cuda")
+
+
+def check_gpu_decode(mode: str, device: str | None) -> None:
+    """GPU decoding needs jpg betons, nvImageCodec and CUDA: one line saying which is missing."""
+    if mode != "jpg":
+        raise ValueError(f"decode_device='cuda' decodes stored JPEGs: it needs mode='jpg', got mode={mode!r}")
+    load_nvimgcodec()
+    check_cuda(torch.device(device or "cuda"))
 
 
 def check_device(device: Any) -> None:
@@ -102,6 +112,10 @@ class JiTDataModule(pl.LightningDataModule):
         write_workers: processes ``prepare_data`` writes missing betons with (default: the CPUs this process may use).
         buffer_pages: pages in the quasi-random rolling buffer (default 2 * batch_size, as FFCV).
         jpeg_decode: ``accurate`` (libjpeg-turbo's exact IDCT: Pillow's pixels) or ``fast`` (opt-in, biased; README).
+        decode_device: ``cpu`` (default) or ``cuda``: decode the stored JPEGs on the GPU with nvImageCodec
+            (``pip install "jit-ffcv[gpu]"``; jpg betons; same order, flips and labels as the CPU path).
+        gpu_backend: with ``decode_device="cuda"``: ``auto`` (the JPEG engines, CUDA decoder as fallback),
+            ``hardware`` or ``cuda``.
 
     """
 
@@ -133,6 +147,8 @@ class JiTDataModule(pl.LightningDataModule):
         buffer_pages: int | None = None,
         channels_last: bool = False,
         jpeg_decode: Literal["accurate", "fast"] = "accurate",
+        decode_device: Literal["cpu", "cuda"] = "cpu",
+        gpu_backend: Literal["auto", "hardware", "cuda"] = "auto",
     ) -> None:
         super().__init__()
         img_size = int_at_least("img_size", img_size, 32)
@@ -161,13 +177,17 @@ class JiTDataModule(pl.LightningDataModule):
         sampler_drop_last, channels_last = flag("sampler_drop_last", sampler_drop_last), flag(
             "channels_last", channels_last)
         check_device(device)
+        one_of("decode_device", decode_device, DECODE_DEVICES)
+        one_of("gpu_backend", gpu_backend, GPU_BACKENDS)
+        if decode_device == "cuda":
+            check_gpu_decode(mode, device)
         self.save_hyperparameters()  # the checked values above: every option is read from self.hparams
         self._explicit = {"train": Path(train_beton) if train_beton else None,
                           "val": Path(val_beton) if val_beton else None}
         self._paths: dict[str, Path] = {}  # betons opened by setup()
         self._meta: dict[str, BetonMetadata] = {}
         self._epoch: int | None = None
-        self._train_loader: JiTLoader | None = None
+        self._train_loader: JiTLoader | GpuDecodeLoader | None = None
 
     def __getattr__(self, name: str) -> Any:
         """Options read as attributes (``dm.batch_size``): the values in ``self.hparams``, one copy."""
@@ -295,18 +315,34 @@ class JiTDataModule(pl.LightningDataModule):
         return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
     # ------------------------------------------------------------- pipelines
-    def _get_train_transforms(self, epoch_cell: EpochCell) -> list[Operation]:
-        """Image ops of the train pipeline, decoder first; override to add your own numba ops.
+    def train_image_ops(self) -> list[Operation]:
+        """Image ops of the train pipeline, decoder first: override and extend to add your own numba ops.
 
-        Everything returned runs on HWC uint8 numpy images; the tensor conversion and
-        device transfer are appended by the DataModule.
+        They run on HWC uint8 numpy images; the DataModule appends the NCHW layout, the tensor conversion
+        and the device transfer. Ops with an ``epoch_cell`` attribute get the loader's epoch (see ops.py).
         """
-        return [FlipDecoder(flip_prob=self.hparams.flip_prob, seed=self.hparams.seed, epoch_cell=epoch_cell,
+        return self._get_train_transforms()
+
+    def val_image_ops(self) -> list[Operation]:
+        """Image ops of the val pipeline: decode only (override like :meth:`train_image_ops`)."""
+        return self._get_val_transforms()
+
+    def _get_train_transforms(self, epoch_cell: EpochCell | None = None) -> list[Operation]:
+        """The earlier name of :meth:`train_image_ops`, kept so subclasses that override it still work."""
+        return [FlipDecoder(flip_prob=self.hparams.flip_prob, seed=self.hparams.seed,
                             jpeg_decode=self.hparams.jpeg_decode)]
 
-    def _get_val_transforms(self, epoch_cell: EpochCell) -> list[Operation]:
-        """Image ops of the val pipeline: decode only."""
-        return [FlipDecoder(flip_prob=0.0, epoch_cell=epoch_cell, jpeg_decode=self.hparams.jpeg_decode)]
+    def _get_val_transforms(self, epoch_cell: EpochCell | None = None) -> list[Operation]:
+        """The earlier name of :meth:`val_image_ops`."""
+        return [FlipDecoder(flip_prob=0.0, jpeg_decode=self.hparams.jpeg_decode)]
+
+    def _image_ops(self, split: str, train: bool) -> list[Operation]:
+        """The split's image ops, laid out as asked: NCHW by default, or the gathered JPEG bytes of GPU decoding."""
+        if self.hparams.decode_device == "cuda":
+            flip_prob = self.hparams.flip_prob if train else 0.0
+            return [GatherJpegBytes(max_payload_bytes(self._paths[split]), flip_prob=flip_prob, seed=self.hparams.seed)]
+        ops = self.train_image_ops() if train else self.val_image_ops()
+        return ops if self.hparams.channels_last else nchw_ops(ops)  # CHW by the decoder if alone, else ToCHW
 
     def _tensor_ops(self) -> tuple[list[Operation], list[Operation]]:
         """Ops appended to the image and label pipelines: NCHW, to tensor, device, range; labels (B,)."""
@@ -315,6 +351,8 @@ class JiTDataModule(pl.LightningDataModule):
             [ToTensor(), ToTorchImage(channels_last=True)] if self.hparams.channels_last else [ToTensor()]  # _loader
         )
         label: list[Operation] = [IntDecoder(), ToTensor(), Squeeze(1)]  # (B, 1) -> (B,), also for B = 1
+        if self.hparams.decode_device == "cuda":
+            return [], label  # the gathered bytes stay on the CPU; GpuDecodeLoader decodes them on the GPU
         if device is not None and device.type != "cpu":
             image.append(ToDevice(device, non_blocking=True))
             label.append(ToDevice(device, non_blocking=True))
@@ -322,39 +360,46 @@ class JiTDataModule(pl.LightningDataModule):
             image.append(ToUnitRange())
         return image, label
 
-    def _loader(self, split: str, train: bool) -> JiTLoader:
-        if split not in self._meta:
-            self.setup("fit")
+    def _order(self, train: bool) -> ShardedOrder:
+        """This rank's order: the configured one for train, sequential for val; sharded over the world."""
         world = self._world()
         kwargs: dict[str, Any] = {"num_replicas": world.num_replicas, "rank": world.rank}
-        if train:
-            kwargs["drop_last"] = self.hparams.sampler_drop_last
-            if self.hparams.order == "quasi_random":
-                kwargs["buffer_pages"] = self.hparams.buffer_pages
-            order = _ORDERS[self.hparams.order](**kwargs)
-        else:
-            order = SequentialOrder(**kwargs)
-        cell = EpochCell()
+        if not train:
+            return SequentialOrder(**kwargs)
+        kwargs["drop_last"] = self.hparams.sampler_drop_last
+        if self.hparams.order == "quasi_random":
+            kwargs["buffer_pages"] = self.hparams.buffer_pages
+        return _ORDERS[self.hparams.order](**kwargs)
+
+    def _loader(self, split: str, train: bool) -> JiTLoader | GpuDecodeLoader:
+        if split not in self._meta:
+            self.setup("fit")
+        order = self._order(train)
         image_tail, label_ops = self._tensor_ops()
-        image_ops = self._get_train_transforms(cell) if train else self._get_val_transforms(cell)
-        if not self.hparams.channels_last:  # the decoder writes CHW itself if alone, else a ToCHW pass
-            image_ops = nchw_ops(image_ops)
-        return JiTLoader(
+        loader = JiTLoader(
             str(self._paths[split]),
             batch_size=self.hparams.batch_size,
             num_workers=max(1, min(self.hparams.num_workers, numba.config.NUMBA_NUM_THREADS)),  # 0: one thread
             os_cache=self.hparams.os_cache,
             order=order,
-            distributed=world.num_replicas > 1,
+            distributed=order.num_replicas > 1,
             seed=self.hparams.seed,
-            pipelines={"image": image_ops + image_tail, "label": label_ops, "index": None},  # no index decoding
+            pipelines={"image": self._image_ops(split, train) + image_tail, "label": label_ops,
+                       "index": None},  # no index decoding
             drop_last=self.hparams.drop_last if train else False,
             batches_ahead=self.hparams.batches_ahead,
-            epoch_cell=cell,
             pin_memory=self.hparams.pin_memory,
         )
+        if self.hparams.decode_device != "cuda":
+            return loader
+        size = self.hparams.img_size
+        return GpuDecodeLoader(loader, self.gpu_decoder(), image_size=(size, size), output=self.hparams.output)
 
-    def train_dataloader(self) -> JiTLoader:
+    def gpu_decoder(self) -> BatchDecoder:
+        """The batch decoder of ``decode_device="cuda"``: nvImageCodec on the target device."""
+        return NvImageCodecDecoder(self._target_device() or "cuda", backend=self.hparams.gpu_backend)
+
+    def train_dataloader(self) -> JiTLoader | GpuDecodeLoader:
         """Loader of the train split for this rank; ``loader.sampler`` shows its order."""
         loader = self._loader("train", train=True)
         if self._epoch is not None:
@@ -362,7 +407,7 @@ class JiTDataModule(pl.LightningDataModule):
         self._train_loader = loader
         return loader
 
-    def val_dataloader(self) -> JiTLoader | list[Any]:
+    def val_dataloader(self) -> JiTLoader | GpuDecodeLoader | list[Any]:
         """Loader of the val split (sequential, no flip, split across ranks), or ``[]`` without val."""
         if "val" not in self._splits():
             return []

@@ -46,30 +46,22 @@ def copy(x: Any) -> np.ndarray:
 
 
 class GatherDataModule(JiTDataModule):
-    """The ``decode_device="cuda"`` hook, sketched in a subclass, with a swappable decoder."""
+    """The real ``decode_device="cuda"`` path of the DataModule, with the CPU stand-in decoder (no CUDA here)."""
 
     decoder_factory: Any = CpuDecoder
 
-    def _get_train_transforms(self, epoch_cell):  # type: ignore[no-untyped-def]
-        return [GatherJpegBytes(max_payload_bytes(self.beton_path("train")), flip_prob=self.hparams.flip_prob,
-                                seed=self.hparams.seed, epoch_cell=epoch_cell)]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # decode_device="cpu": no nvImageCodec or CUDA is checked for
+        self.hparams.decode_device = "cuda"
 
-    def _tensor_ops(self):  # type: ignore[no-untyped-def]
-        _, label = super()._tensor_ops()
-        return [], label
-
-    def train_dataloader(self) -> GpuDecodeLoader:  # type: ignore[override]
-        size = self.hparams.img_size
-        return GpuDecodeLoader(super().train_dataloader(), self.decoder_factory(), image_size=(size, size),
-                               output=self.hparams.output)
+    def gpu_decoder(self) -> Any:
+        return self.decoder_factory()
 
 
 def datamodule(cls: type[JiTDataModule], synthetic: SyntheticFolder, beton: Path, **options: Any) -> JiTDataModule:
-    """A train-only DataModule on ``beton``; the gathering one needs channels_last (no NCHW pass on bytes)."""
+    """A train-only DataModule on ``beton`` (the GPU path ignores channels_last: NCHW comes from its decode)."""
     options = {"num_workers": 2, "seed": SEED, "flip_prob": FLIP, "device": "cpu", "pin_memory": False,
                "batches_ahead": 2, **options}
-    if cls is GatherDataModule:
-        options["channels_last"] = True
     dm = cls(str(synthetic.root), img_size=SMALL, batch_size=BATCH, train_beton=str(beton), **options)
     dm.setup("fit")
     return dm
@@ -248,3 +240,17 @@ def test_nvimgcodec_decoder_asks_for_the_backends_and_upsampling(monkeypatch: py
         assert made["backends"] == kinds and made["options"] == ":fancy_upsampling=1" and made["device_id"] == 0
         assert decoder.params == {"apply_exif_orientation": False, "color_spec": "srgb", "allow_any_depth": False,
                                    "sample_format": "rgb"}
+
+
+def test_decode_device_cuda_checks_mode_package_and_cuda_at_construction(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"decode_device='cuda' decodes stored JPEGs: it needs mode='jpg', got mode='raw'"):
+        JiTDataModule(str(tmp_path), mode="raw", decode_device="cuda")
+    with pytest.raises(ValueError, match="decode_device must be one of"):
+        JiTDataModule(str(tmp_path), decode_device="gpu")
+    with pytest.raises(ValueError, match="gpu_backend must be one of"):
+        JiTDataModule(str(tmp_path), gpu_backend="nvjpg")
+    try:
+        import nvidia.nvimgcodec  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r'pip install "jit-ffcv\[gpu\]"'):
+            JiTDataModule(str(tmp_path), decode_device="cuda")

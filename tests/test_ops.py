@@ -205,9 +205,16 @@ class AddOffset(Operation):
 
 
 class OffsetDataModule(JiTDataModule):
-    """The documented way to add an op: extend ``_get_train_transforms``."""
+    """The documented way to add an op: extend the public ``train_image_ops`` hook."""
 
-    def _get_train_transforms(self, epoch_cell: EpochCell) -> list[Operation]:
+    def train_image_ops(self) -> list[Operation]:
+        return super().train_image_ops() + [AddOffset(100)]
+
+
+class LegacyOffsetDataModule(JiTDataModule):
+    """A subclass written against the earlier, private hook ``_get_train_transforms(epoch_cell)`` still works."""
+
+    def _get_train_transforms(self, epoch_cell: EpochCell | None = None) -> list[Operation]:
         return super()._get_train_transforms(epoch_cell) + [AddOffset(100)]
 
 
@@ -219,10 +226,11 @@ def _epoch_batches(loader, epoch: int) -> tuple[list[int], torch.Tensor, torch.T
     return order, torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
 
 
-def test_custom_op_in_datamodule(tmp_path: Path, raw_beton: Path) -> None:
+@pytest.mark.parametrize("cls", [OffsetDataModule, LegacyOffsetDataModule])
+def test_custom_op_in_datamodule(tmp_path: Path, raw_beton: Path, cls: type[JiTDataModule]) -> None:
     ref_images, ref_labels = read_beton(raw_beton)
     # data_path without val/ and an explicit train beton: nothing to write
-    dm = OffsetDataModule(data_path=str(tmp_path), train_beton=str(raw_beton), img_size=64, batch_size=4,
+    dm = cls(data_path=str(tmp_path), train_beton=str(raw_beton), img_size=64, batch_size=4,
                           num_workers=1, mode="raw", seed=SEED, flip_prob=0.5)
     dm.setup("fit")
     order, images, labels = _epoch_batches(dm.train_dataloader(), 1)
