@@ -19,25 +19,23 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numba
-import numpy as np
 import torch
 
+from jit_ffcv.betons import Betons
+from jit_ffcv.gpu_decode import BatchDecoder, GpuDecodeLoader, NvImageCodecDecoder, check_cuda, load_nvimgcodec
+from jit_ffcv.gpu_gather import GatherJpegBytes, max_payload_bytes
 from jit_ffcv.jpeg import decode_flags
 from jit_ffcv.loader import JiTLoader
 from jit_ffcv.mixing import warn_if_folder_order
-from jit_ffcv.gpu_decode import BatchDecoder, GpuDecodeLoader, NvImageCodecDecoder, check_cuda, load_nvimgcodec
-from jit_ffcv.gpu_gather import GatherJpegBytes, max_payload_bytes
 from jit_ffcv.ops import SEED_LIMIT, EpochCell, FlipDecoder, ToUnitRange, nchw_ops
 from jit_ffcv.order import KINDS, samples_per_rank
 from jit_ffcv.traversal import QuasiRandomOrder, RandomOrder, SequentialOrder, ShardedOrder
-from writers.beton import DEFAULT_QUALITY, write_split
+from writers.beton import DEFAULT_QUALITY
 from writers.checks import flag, int_at_least, int_in_range, one_of, probability
-from writers.cpus import usable_cpus
 from writers.crop import center_crop_arr
 from writers.encode import MODES
-from writers.ffcv_api import IntDecoder, Operation, Reader, Squeeze, ToDevice, ToTensor, ToTorchImage
-from writers.find import Search, Wanted, find_betons
-from writers.metadata import BetonMetadata, BetonMismatchError, read_metadata, sidecar_path, verify_file
+from writers.ffcv_api import IntDecoder, Operation, Squeeze, ToDevice, ToTensor, ToTorchImage
+from writers.metadata import BetonMetadata
 from writers.output import beton_name, default_beton_dir
 
 __all__ = ["JiTDataModule", "create_jit_datamodule", "center_crop_arr", "beton_name"]
@@ -206,85 +204,31 @@ class JiTDataModule(pl.LightningDataModule):
         """Where betons live: ``beton_dir`` if given, else ``data_path/ffcv``."""
         return Path(self.hparams.beton_dir) if self.hparams.beton_dir else default_beton_dir(self.data_path)
 
-    # ------------------------------------------------------------------ paths
+    # ------------------------------------------------------------------ betons
+    @property
+    def betons(self) -> Betons:
+        """The betons this DataModule reads (which file each split uses, writing and checking them)."""
+        hp = self.hparams
+        return Betons(self.data_path, self.beton_dir, hp.img_size, hp.mode, hp.quality, self._explicit)
+
     def beton_path(self, split: str) -> Path:
         """Path of the beton used for ``split`` (``train`` or ``val``): explicit, default name, or found."""
-        return self._locate(split)[0]
-
-    def _default_path(self, split: str) -> Path:
-        return self.beton_dir / beton_name(split, self.hparams.img_size, self.hparams.mode, self.hparams.quality)
-
-    def _locate(self, split: str) -> tuple[Path, Search | None]:
-        """The beton for ``split`` and, when it must be written under the default name, the search that found none.
-
-        Explicit ``{split}_beton`` wins, then the default name if that file exists, then the one beton of
-        ``beton_dir`` whose sidecar matches (:func:`writers.find.find_betons`); several matches are an error.
-        """
-        explicit = self._explicit[split]
-        if explicit is not None:
-            return explicit, None
-        default = self._default_path(split)
-        if default.exists():
-            return default, None
-        hp = self.hparams
-        wanted = Wanted(split, hp.img_size, hp.mode, hp.quality if hp.mode == "jpg" else None,
-                        str((self.data_path / split).resolve()))
-        search = find_betons(self.beton_dir, wanted)
-        if len(search.matches) > 1:
-            raise BetonMismatchError(
-                f"several betons in {self.beton_dir} match split={split} img_size={hp.img_size} mode={hp.mode}"
-                f"{f' quality={hp.quality}' if hp.mode == 'jpg' else ''}: "
-                f"{', '.join(p.name for p in search.matches)}; pass {split}_beton= to choose one (or delete the others)"
-            )
-        return (search.matches[0], None) if search.matches else (default, search)
-
-    def _has_val_source(self) -> bool:
-        return (self.data_path / "val").is_dir()
+        return self.betons.locate(split)[0]
 
     def _splits(self) -> list[str]:
-        """Splits to use: train; val when its folder or beton exists, unless ``train_beton`` is given alone."""
-        if self._explicit["train"] is not None and self._explicit["val"] is None:
-            return ["train"]  # an explicit train beton alone: no validation, nothing written for val
-        return ["train"] + (["val"] if self._has_val_source() or self.beton_path("val").exists() else [])
+        return self.betons.splits()
 
     # ------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
         """Write the betons that do not exist yet (Lightning runs this once, on rank 0)."""
-        for split in self._splits():
-            path, search = self._locate(split)
-            if path.exists():
-                if path != self._default_path(split) and self._explicit[split] is None:
-                    log.info("using %s for split %s: its sidecar matches (%s is not there)",
-                             path, split, self._default_path(split).name)
-                continue
-            if not (self.data_path / split).is_dir():
-                others = f" (betons there that do not match: {search.explain()})" if search and search.rejected else ""
-                raise FileNotFoundError(
-                    f"{path} does not exist and there is no {self.data_path / split} to write it from; "
-                    f"set data_path to the dataset root or {split}_beton to an existing beton{others}"
-                )
-            if search is not None and search.rejected:
-                log.warning("writing %s: none of the betons in %s matches split=%s (%s)",
-                            path, self.beton_dir, split, search.explain())
-            hp = self.hparams
-            write_split(
-                self.data_path, split, path, img_size=hp.img_size, mode=hp.mode, quality=hp.quality,
-                num_workers=hp.write_workers if hp.write_workers is not None else usable_cpus(),
-                progress=True,
-            )
+        self.betons.write_missing(self.hparams.write_workers)
 
     def setup(self, stage: str | None = None) -> None:
         """Read and check the betons' metadata; refuse betons written with other settings."""
-        for split in self._splits():
-            path = self.beton_path(split)
-            if not path.exists():
-                raise FileNotFoundError(f"{path} not found: call prepare_data() first (Trainer.fit does)")
-            meta = read_metadata(path)
-            classes = self._meta["train"].classes if split == "val" else None
-            hp = self.hparams
-            meta.check_matches(img_size=hp.img_size, mode=hp.mode, quality=hp.quality, classes=classes)
-            verify_file(path, meta)
-            _check_header(path, meta)
+        betons = self.betons
+        for split in betons.splits():
+            train_classes = self._meta["train"].classes if split == "val" else None
+            path, meta = betons.open(split, train_classes)
             if split == "train" and split not in self._meta:  # once per DataModule
                 warn_if_folder_order(meta, path)
             self._meta[split] = meta
@@ -446,25 +390,6 @@ class JiTDataModule(pl.LightningDataModule):
             info["val_num_samples"] = self._meta["val"].num_samples
             info["val_beton"] = str(self._paths["val"])
         return info
-
-
-def _check_header(path: Path, meta: BetonMetadata) -> None:
-    """The beton's own header and sample table must agree with its sidecar (sample count, image size)."""
-    reader = Reader(str(path))
-    image = reader.metadata[f"f{list(reader.handlers).index('image')}"]
-    wanted = {"num_samples": meta.num_samples, "height": meta.img_size, "width": meta.img_size}
-    found = {  # np.unique (a sort over all samples) only for a column that disagrees: O(N) compares otherwise
-        "num_samples": [int(reader.num_samples)],
-        **{key: np.unique(image[key]).tolist() if bool(np.any(image[key] != wanted[key])) else [wanted[key]]
-           for key in ("height", "width")},
-    }
-    for key, values in found.items():
-        if any(v != wanted[key] for v in values):
-            raise BetonMismatchError(
-                f"{path} holds {key}={values[0] if len(values) == 1 else values} but its sidecar "
-                f"{sidecar_path(path)} says {wanted[key]}: the beton and its .json do not belong together; "
-                f"rewrite the beton (delete both files)"
-            )
 
 
 def create_jit_datamodule(args: argparse.Namespace, **overrides: Any) -> JiTDataModule:

@@ -153,7 +153,7 @@ def test_bench_scale_end_to_end(tiny_source: Path, tmp_path: Path) -> None:
 
 def test_header_check_does_not_sort_all_samples(jpg_beton: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """setup()'s header check compares each sample's size; np.unique (a sort) only to report a mismatch."""
-    from jit_ffcv.datamodule import _check_header
+    from jit_ffcv.betons import check_header
 
     meta = read_metadata(jpg_beton)
 
@@ -161,4 +161,4 @@ def test_header_check_does_not_sort_all_samples(jpg_beton: Path, monkeypatch: py
         raise AssertionError("np.unique over all samples called for a matching header")
 
     monkeypatch.setattr(np, "unique", no_unique)
-    _check_header(jpg_beton, meta)
+    check_header(jpg_beton, meta)
