@@ -16,8 +16,7 @@ from jit_ffcv.datamodule import JiTDataModule
 from jit_ffcv.loader import JiTLoader
 from jit_ffcv.ops import JPG_MODE, EpochCell, FlipDecoder, SeededHorizontalFlip, flip_mask
 from jit_ffcv.traversal import SequentialOrder
-from tests.conftest import read_beton
-from tests.test_jpeg import pillow_images
+from tests.helpers.data import pillow_images, read_beton
 from writers.beton import write_split
 from writers.ffcv_api import IMAGE_MODES, IntDecoder, Loader, OrderOption
 

@@ -22,7 +22,7 @@ from jit_ffcv.loader import JiTLoader
 from jit_ffcv.ops import flip_mask
 from jit_ffcv.order import epoch_order
 from jit_ffcv.synthetic import SyntheticFolder
-from tests.conftest import read_beton, wait_until
+from tests.helpers.data import read_beton, wait_until
 from writers.metadata import BetonMismatchError
 
 N, B, SEED = 20, 4, 5  # valid train samples, batch size, seed

@@ -20,7 +20,7 @@ import jit_ffcv.epoch
 from jit_ffcv.datamodule import JiTDataModule
 from jit_ffcv.ops import flip_mask
 from jit_ffcv.synthetic import SyntheticFolder
-from tests.conftest import SMALL, read_beton
+from tests.helpers.data import SMALL, read_beton
 from writers.beton import replicate_beton
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: run `make gpu-check` there")

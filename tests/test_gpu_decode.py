@@ -1,8 +1,8 @@
 """GPU decode path on the CPU: gathered bytes + a stand-in decoder give the CPU path's batches exactly.
 
-``GatherDataModule`` is what ``JiTDataModule(decode_device="cuda")`` will do once the hook lands
-(image pipeline = GatherJpegBytes, no image tensor ops, the loader wrapped in GpuDecodeLoader),
-with :class:`CpuDecoder` in place of nvImageCodec so every pixel can be compared exactly.
+``GatherDataModule`` is ``JiTDataModule(decode_device="cuda")`` (image pipeline = GatherJpegBytes, no image
+tensor ops, the loader wrapped in GpuDecodeLoader) with :class:`CpuDecoder` in place of nvImageCodec, so every
+pixel can be compared exactly.
 The tests that need nvImageCodec and CUDA are in tests/test_gpu_decode_cuda.py.
 """
 
@@ -21,18 +21,8 @@ from jit_ffcv.datamodule import JiTDataModule
 from jit_ffcv.gpu_decode import CpuDecoder, GpuDecodeLoader, NvImageCodecDecoder, finish
 from jit_ffcv.gpu_gather import GatherJpegBytes, max_payload_bytes
 from jit_ffcv.synthetic import SyntheticFolder
-from tests.conftest import SMALL
-
-SEED, FLIP, BATCH = 5, 0.5, 8
-
-
-def replicated(beton: Path, tmp_path_factory: pytest.TempPathFactory, times: int = 10) -> Path:
-    """``beton`` ``times`` times over: many more batches than the loader's slots."""
-    from writers.beton import replicate_beton
-
-    out = tmp_path_factory.mktemp("gpu_decode") / f"train_x{times}.beton"
-    replicate_beton(beton, out, times)
-    return out
+from tests.helpers.data import SMALL
+from tests.helpers.gpu_decode import FLIP, SEED, GatherDataModule, datamodule, replicated
 
 
 @pytest.fixture(scope="module")
@@ -43,28 +33,6 @@ def big_jpg(jpg_beton: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def copy(x: Any) -> np.ndarray:
     """A numpy copy of a batch tensor (taken while the batch is valid)."""
     return x.numpy().copy() if isinstance(x, torch.Tensor) else np.array(x)
-
-
-class GatherDataModule(JiTDataModule):
-    """The real ``decode_device="cuda"`` path of the DataModule, with the CPU stand-in decoder (no CUDA here)."""
-
-    decoder_factory: Any = CpuDecoder
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # decode_device="cpu": no nvImageCodec or CUDA is checked for
-        self.hparams.decode_device = "cuda"
-
-    def gpu_decoder(self) -> Any:
-        return self.decoder_factory()
-
-
-def datamodule(cls: type[JiTDataModule], synthetic: SyntheticFolder, beton: Path, **options: Any) -> JiTDataModule:
-    """A train-only DataModule on ``beton`` (the GPU path ignores channels_last: NCHW comes from its decode)."""
-    options = {"num_workers": 2, "seed": SEED, "flip_prob": FLIP, "device": "cpu", "pin_memory": False,
-               "batches_ahead": 2, **options}
-    dm = cls(str(synthetic.root), img_size=SMALL, batch_size=BATCH, train_beton=str(beton), **options)
-    dm.setup("fit")
-    return dm
 
 
 def epoch_batches(loader: Any, epoch: int) -> tuple[list[int], list[tuple[np.ndarray, np.ndarray]]]:

@@ -20,8 +20,8 @@ from jit_ffcv.datamodule import JiTDataModule
 from jit_ffcv.gpu_decode import CpuDecoder, NvImageCodecDecoder
 from jit_ffcv.gpu_gather import stored_payloads
 from jit_ffcv.synthetic import SyntheticFolder
-from tests.conftest import SMALL
-from tests.test_gpu_decode import GatherDataModule, datamodule, replicated
+from tests.helpers.data import SMALL
+from tests.helpers.gpu_decode import GatherDataModule, datamodule, replicated
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: run `make gpu-check` there"),

@@ -11,20 +11,19 @@ the test short: every process pays ~10 s of CPU importing torch, Lightning and F
 from __future__ import annotations
 
 import json
-from io import BytesIO
 import subprocess
 import sys
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
 from PIL import Image
 
 from jit_ffcv.order import epoch_order
 from jit_ffcv.synthetic import make_image_folder
-from tests.test_ddp import ddp_env, min_pages
+from tests.helpers.ddp import ddp_env, min_pages
 from writers.beton import read_payloads
 
 ROOT = Path(__file__).resolve().parents[1]

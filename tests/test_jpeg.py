@@ -23,19 +23,13 @@ from PIL import Image
 from jit_ffcv import jpeg
 from jit_ffcv.datamodule import JiTDataModule
 from jit_ffcv.ops import flip_mask
-from tests.conftest import SMALL, read_beton, shared_sample
+from tests.helpers.data import SMALL, pillow_images, read_beton, shared_sample
 from writers.beton import read_payloads, write_beton, write_split
 from writers.folder import scan_split
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 3
 GUARD = 0xAB
-
-
-def pillow_images(beton: Path) -> np.ndarray:
-    """``PIL.Image.open(BytesIO(stored bytes)).convert("RGB")`` of every sample, stacked (N,H,W,3)."""
-    payloads, _ = read_payloads(beton)
-    return np.stack([np.array(Image.open(BytesIO(p)).convert("RGB")) for p in payloads])
 
 
 def expected_batches(reference: np.ndarray, order: list[int], seed: int, epoch: int, prob: float) -> np.ndarray:

@@ -14,9 +14,8 @@ import torch
 from jit_ffcv.datamodule import JiTDataModule
 from jit_ffcv.layout import ToCHW, chw_copy, chw_mirror
 from jit_ffcv.ops import EpochCell, FlipDecoder, SeededHorizontalFlip, flip_mask, nchw_ops
-from tests.conftest import read_beton
-from tests.test_jpeg import pillow_images
-from tests.test_ops import AddOffset, OffsetDataModule, _run_epochs
+from tests.helpers.custom_ops import AddOffset, OffsetDataModule, run_epochs
+from tests.helpers.data import pillow_images, read_beton
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 11
@@ -51,7 +50,7 @@ def test_chw_decoder_is_exact_and_follows_the_mask(request: pytest.FixtureReques
     for workers in (1, 2):
         for prob in (0.0, 0.5, 1.0):
             cell = EpochCell()
-            runs = _run_epochs(path, [FlipDecoder(flip_prob=prob, seed=SEED, epoch_cell=cell, chw=True)], cell,
+            runs = run_epochs(path, [FlipDecoder(flip_prob=prob, seed=SEED, epoch_cell=cell, chw=True)], cell,
                                workers, [0, 1])
             for epoch, (images, got_labels) in runs.items():
                 mask = flip_mask(SEED, epoch, np.arange(N), prob)
@@ -65,7 +64,7 @@ def test_chw_decoder_is_exact_and_follows_the_mask(request: pytest.FixtureReques
 
 def test_chw_decoder_declares_scratch_and_output(raw_beton: Path) -> None:
     cell = EpochCell()
-    runs = _run_epochs(raw_beton, [FlipDecoder(epoch_cell=cell, chw=True)], cell, 1, [0])
+    runs = run_epochs(raw_beton, [FlipDecoder(epoch_cell=cell, chw=True)], cell, 1, [0])
     assert runs[0][0].shape == (N, 3, 64, 64)
     with pytest.raises(TypeError, match="chw must be True or False, got 'yes'"):
         FlipDecoder(chw="yes")  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from jit_ffcv.datamodule import JiTDataModule
 from jit_ffcv.epoch import DecodeThread
 from jit_ffcv.ops import flip_mask
 from jit_ffcv.synthetic import SyntheticFolder
-from tests.conftest import read_beton, wait_until
+from tests.helpers.data import read_beton, wait_until
 
 N, B, SEED, FLIP = 20, 3, 11, 0.5
 VAL_SIZES = [3] * 6 + [2]  # 20 val samples in batches of 3: 7 batches > 4 slots, the last one partial

@@ -15,13 +15,13 @@ import pytest
 import torch
 
 import jit_ffcv.epoch
-from writers.ffcv_api import AllocationQuery, DatasetWriter, IntField, RGBImageField, SimpleRGBImageDecoder
 from jit_ffcv.loader import _allocate
-from tests.conftest import read_beton
-from tests.loader_child import BAD_INDEX, make_loader
+from tests.helpers.data import read_beton
+from tests.helpers.loader_child import BAD_INDEX, make_loader
+from writers.ffcv_api import AllocationQuery, DatasetWriter, IntField, RGBImageField, SimpleRGBImageDecoder
 
 ROOT = Path(__file__).resolve().parents[1]
-CHILD = Path(__file__).with_name("loader_child.py")
+CHILD = Path(__file__).parent / "helpers" / "loader_child.py"
 PAGED_N, PAGED_SIZE = 64, 256  # 192 KiB raw images on 2 MiB pages: about 10 samples (2.5 batches) per page
 
 
@@ -38,7 +38,7 @@ def paged_beton(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_child(scenario: str, beton: Path, timeout: float = 120) -> dict[str, Any]:
-    """Run a scenario of tests/loader_child.py; a hang fails the test at ``timeout`` instead of hanging it."""
+    """Run a scenario of tests/helpers/loader_child.py; a hang fails the test at ``timeout`` instead of hanging it."""
     try:
         proc = subprocess.run([sys.executable, str(CHILD), scenario, str(beton)], capture_output=True, text=True,
                               timeout=timeout, cwd=str(ROOT), env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})

@@ -21,7 +21,7 @@ import torch
 
 from jit_ffcv.loader import JiTLoader
 from jit_ffcv.traversal import QuasiRandomOrder, SequentialOrder
-from tests.conftest import read_beton
+from tests.helpers.data import read_beton
 from writers.ffcv_api import IntDecoder, ToDevice, ToTensor
 from writers.metadata import BetonMismatchError
 

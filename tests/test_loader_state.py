@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from jit_ffcv.loader import JiTLoader
-from jit_ffcv.traversal import QuasiRandomOrder, RandomOrder
 from jit_ffcv.resume import ResumeTracker
 from jit_ffcv.synthetic import make_image_folder
+from jit_ffcv.traversal import QuasiRandomOrder, RandomOrder
 from writers.beton import write_split
 from writers.ffcv_api import IntDecoder
 from writers.metadata import sidecar_path

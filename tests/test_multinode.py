@@ -13,9 +13,9 @@ import pytest
 from jit_ffcv.datamodule import JiTDataModule
 from jit_ffcv.order import epoch_order
 from jit_ffcv.synthetic import make_image_folder
-from tests.conftest import read_beton
-from tests.multinode_worker import BATCH, SEED
-from tests.test_ddp import ddp_env, min_pages
+from tests.helpers.data import read_beton
+from tests.helpers.ddp import ddp_env, min_pages
+from tests.helpers.multinode_worker import BATCH, SEED
 
 N, NODES, PER_NODE = 45, 2, 2
 WORLD = NODES * PER_NODE
@@ -32,7 +32,7 @@ def test_two_nodes_of_two_ranks_cover_the_epoch(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     env = ddp_env()
-    script = Path(__file__).with_name("multinode_worker.py")
+    script = Path(__file__).parent / "helpers" / "multinode_worker.py"
     launchers = [
         subprocess.Popen([sys.executable, "-m", "torch.distributed.run", f"--nnodes={NODES}",
                           f"--nproc_per_node={PER_NODE}", f"--node_rank={node}", "--master_addr=127.0.0.1",

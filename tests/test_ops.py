@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import numba
 import numpy as np
 import pytest
 import torch
-from ffcv.fields.decoders import IntDecoder
-from ffcv.loader import Loader, OrderOption
-from ffcv.pipeline.allocation_query import AllocationQuery
-from ffcv.pipeline.compiler import Compiler
 from ffcv.pipeline.operation import Operation
-from ffcv.pipeline.state import State
 
 from jit_ffcv.datamodule import JiTDataModule
 from jit_ffcv.ops import EpochCell, FlipDecoder, SeededHorizontalFlip, ToUnitRange, flip_decision, flip_mask, read_int64
-from tests.conftest import read_beton
-from tests.test_jpeg import pillow_images
+from tests.helpers.custom_ops import LegacyOffsetDataModule, OffsetDataModule, run_epochs
+from tests.helpers.data import pillow_images, read_beton
 
 SEED = 11
 N = 20  # valid samples in the synthetic train betons
@@ -123,21 +116,6 @@ def _flip_pipeline(kind: str, prob: float, cell: EpochCell) -> list[Operation]:
     return [FlipDecoder(flip_prob=0.0), SeededHorizontalFlip(prob, seed=SEED, epoch_cell=cell)]
 
 
-def _run_epochs(path: Path, pipeline: list[Operation], cell: EpochCell, workers: int,
-                epochs: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """All images and labels of each epoch, SEQUENTIAL order, batch 8 (last batch partial)."""
-    loader = Loader(str(path), batch_size=8, num_workers=workers, order=OrderOption.SEQUENTIAL,
-                    drop_last=False, pipelines={"image": pipeline, "label": [IntDecoder()], "index": None})
-    out = {}
-    for epoch in epochs:
-        cell.set(epoch)
-        # FFCV reuses its output buffers: copy every batch before the next one is produced
-        batches = [(np.array(x), np.array(y)) for x, y in loader]
-        assert [len(b[0]) for b in batches] == [8, 8, 4]
-        out[epoch] = (np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]).reshape(-1))
-    return out
-
-
 @pytest.mark.parametrize("beton", ["raw", "jpg"])
 @pytest.mark.parametrize("kind", ["decoder", "op"])
 def test_flip_in_loader_is_exact_and_follows_the_mask(
@@ -154,7 +132,7 @@ def test_flip_in_loader_is_exact_and_follows_the_mask(
     results = {}
     for workers in (1, 2):
         cell = EpochCell()
-        results[workers] = _run_epochs(path, _flip_pipeline(kind, 0.5, cell), cell, workers, [0, 1])
+        results[workers] = run_epochs(path, _flip_pipeline(kind, 0.5, cell), cell, workers, [0, 1])
         for epoch, (images, labels) in results[workers].items():
             assert np.array_equal(labels, ref_labels)
             for i in range(N):
@@ -167,7 +145,7 @@ def test_flip_in_loader_is_exact_and_follows_the_mask(
 @pytest.mark.parametrize("prob", [0.0, 1.0])
 def test_flip_decoder_extremes_in_loader(raw_beton: Path, plain: dict, prob: float) -> None:
     cell = EpochCell()
-    images, _ = _run_epochs(raw_beton, _flip_pipeline("decoder", prob, cell), cell, 1, [5])[5]
+    images, _ = run_epochs(raw_beton, _flip_pipeline("decoder", prob, cell), cell, 1, [5])[5]
     expected = plain["raw"][0][:, :, ::-1] if prob == 1.0 else plain["raw"][0]
     assert np.array_equal(images, expected)
 
@@ -175,49 +153,6 @@ def test_flip_decoder_extremes_in_loader(raw_beton: Path, plain: dict, prob: flo
 # --------------------------------------------------------------------------- #
 # documented example: a user-written numba op plugged into the DataModule
 # --------------------------------------------------------------------------- #
-class AddOffset(Operation):
-    """Example custom op: add ``offset`` (mod 256) to every pixel of HWC uint8 images, in place.
-
-    Written like :class:`~jit_ffcv.ops.SeededHorizontalFlip`: ``generate_code`` returns a
-    plain function that FFCV compiles with numba (``prange`` over the batch when it runs
-    with several threads), and ``declare_state_and_memory`` keeps the state (jitted, no new
-    buffer) because the op works in place.
-    """
-
-    def __init__(self, offset: int) -> None:
-        super().__init__()
-        self.offset = np.uint8(offset)
-
-    def generate_code(self) -> Callable:
-        my_range = Compiler.get_iterator()
-        offset = self.offset
-
-        def add_offset(images, _dst):  # type: ignore[no-untyped-def]
-            for i in my_range(images.shape[0]):
-                images[i] += offset  # uint8 arithmetic wraps around
-            return images
-
-        add_offset.is_parallel = True
-        return add_offset
-
-    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery | None]:
-        return replace(previous_state, jit_mode=True), None
-
-
-class OffsetDataModule(JiTDataModule):
-    """The documented way to add an op: extend the public ``train_image_ops`` hook."""
-
-    def train_image_ops(self) -> list[Operation]:
-        return super().train_image_ops() + [AddOffset(100)]
-
-
-class LegacyOffsetDataModule(JiTDataModule):
-    """A subclass written against the earlier, private hook ``_get_train_transforms(epoch_cell)`` still works."""
-
-    def _get_train_transforms(self, epoch_cell: EpochCell | None = None) -> list[Operation]:
-        return super()._get_train_transforms(epoch_cell) + [AddOffset(100)]
-
-
 def _epoch_batches(loader, epoch: int) -> tuple[list[int], torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
     """(sampler order, images, labels) of one epoch of a JiTLoader, copied out of FFCV's buffers."""
     loader.set_epoch(epoch)

@@ -16,7 +16,7 @@ from jit_ffcv.ops import flip_mask
 from jit_ffcv.order import KINDS, epoch_order, epoch_orders
 from jit_ffcv.resume import ResumeTracker
 from jit_ffcv.synthetic import make_image_folder
-from tests.conftest import read_beton
+from tests.helpers.data import read_beton
 
 N, B, SEED, FLIP = 45, 3, 5, 0.5  # 5 classes x 9 images
 
@@ -381,10 +381,10 @@ def _ddp_fit(data: tuple[Path, Path], out: Path, ckpt_dir: Path, ckpt_path: Path
     import subprocess
     import sys
 
-    from tests.test_ddp import ddp_env
+    from tests.helpers.ddp import ddp_env
 
     out.mkdir()
-    script = Path(__file__).with_name("resume_ddp_fit.py")
+    script = Path(__file__).parent / "helpers" / "resume_ddp_fit.py"
     args = [sys.executable, str(script), str(data[0]), str(data[1]), str(out), str(ckpt_dir)]
     proc = subprocess.run(args + ([str(ckpt_path)] if ckpt_path else []), env=ddp_env(), cwd=str(out),
                           capture_output=True, text=True, timeout=300)

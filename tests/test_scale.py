@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from jit_ffcv import bench
-from writers.shuffle import sample_permutation
-from jit_ffcv.order import _dense_page_ids, _stable_argsort_small, epoch_order, epoch_orders
 from jit_ffcv.bench.scale_beton import build_scale_beton, imagenet_labels
+from jit_ffcv.order import _dense_page_ids, _stable_argsort_small, epoch_order, epoch_orders
 from jit_ffcv.synthetic import make_image_folder
 from writers.beton import _partial_beton, read_indices, read_payloads
 from writers.metadata import read_metadata
+from writers.shuffle import sample_permutation
 
 
 def _digest(order: np.ndarray) -> str:

@@ -14,7 +14,7 @@ from jit_ffcv.datamodule import JiTDataModule
 from jit_ffcv.ops import flip_mask
 from jit_ffcv.synthetic import make_image_folder
 from jit_ffcv.trace import TraceOptions, options_from_file, trace
-from tests.conftest import read_beton
+from tests.helpers.data import read_beton
 from writers.folder import scan_split
 
 B, SEED, FLIP, SIZE = 3, 7, 0.5, 32

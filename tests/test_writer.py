@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from jit_ffcv.synthetic import SyntheticFolder, make_image_folder
-from tests.conftest import SMALL, read_beton, shared_sample
-from writers.shuffle import sample_permutation
+from tests.helpers.data import SMALL, read_beton, shared_sample
 from writers.beton import BadImageError, read_indices, read_payloads, replicate_beton, write_split
 from writers.encode import crop_file
 from writers.folder import DatasetLayoutError
 from writers.metadata import BetonMismatchError, read_metadata, sidecar_path
+from writers.shuffle import sample_permutation
 
 EXTS = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
 

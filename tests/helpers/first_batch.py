@@ -34,8 +34,16 @@ def _jit_ffcv(beton: str, batch_size: int, workers: int) -> Callable[[], Iterabl
 
 def _ffcv(beton: str, batch_size: int, workers: int) -> Callable[[], Iterable[Any]]:
     """FFCV's loader as its docs suggest, with its flip (the bench's reference pipeline)."""
-    from writers.ffcv_api import (IntDecoder, Loader, OrderOption, RandomHorizontalFlip, SimpleRGBImageDecoder, Squeeze,
-                                  ToTensor, ToTorchImage)
+    from writers.ffcv_api import (
+        IntDecoder,
+        Loader,
+        OrderOption,
+        RandomHorizontalFlip,
+        SimpleRGBImageDecoder,
+        Squeeze,
+        ToTensor,
+        ToTorchImage,
+    )
 
     image = [SimpleRGBImageDecoder(), RandomHorizontalFlip(), ToTensor(), ToTorchImage()]
     return lambda: Loader(beton, batch_size=batch_size, num_workers=workers, order=OrderOption.QUASI_RANDOM, seed=0,

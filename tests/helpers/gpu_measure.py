@@ -114,7 +114,7 @@ def fidelity_rows(beton: Path, size: int) -> list[str]:
 def one_row(kind: str, beton: Path, sample_root: Path, size: int, batch: int, epochs: int) -> dict[str, Any]:
     """Run one loader (``cpu`` or ``gpu-BACKEND-THREADS``) in this process; img/s and cores busy."""
     from jit_ffcv.datamodule import JiTDataModule
-    from tests.test_gpu_decode import GatherDataModule
+    from tests.helpers.gpu_decode import GatherDataModule
 
     workers = os.cpu_count() or 1
     options: dict[str, Any] = {"device": "cpu", "num_workers": workers}

@@ -1,6 +1,6 @@
 """2-process CPU DDP fit for tests/test_resume.py (not a test module): checkpoint every step, or resume.
 
-``python tests/resume_ddp_fit.py DATA BETON_DIR OUT CKPT_DIR [CKPT_PATH]``: without CKPT_PATH, fits
+``python tests/helpers/resume_ddp_fit.py DATA BETON_DIR OUT CKPT_DIR [CKPT_PATH]``: without CKPT_PATH, fits
 2 epochs saving ``CKPT_DIR/step=K.ckpt`` after every step; with it, resumes from that checkpoint.
 Each rank writes ``OUT/rank{r}.json`` ((epoch, batch_idx, labels) per step) and ``OUT/rank{r}.npz``.
 """

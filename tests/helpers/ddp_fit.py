@@ -1,6 +1,6 @@
 """2-process CPU DDP fit used by tests/test_ddp.py (not a test module itself).
 
-Run as ``python tests/ddp_fit.py DATA BETON_DIR OUT VAL_BETON``; Lightning's DDP launcher
+Run as ``python tests/helpers/ddp_fit.py DATA BETON_DIR OUT VAL_BETON``; Lightning's DDP launcher
 re-runs this script for rank 1 with its own environment, so all work sits
 under ``if __name__ == "__main__"``. Each rank writes ``OUT/rank{r}.json``
 (sampler orders, delivered labels, val runs, world) and ``OUT/rank{r}.npz`` (pixels).

@@ -1,6 +1,6 @@
 """One rank of tests/test_multinode.py, started by ``torchrun`` (not a test module itself).
 
-``python tests/multinode_worker.py DATA BETON_DIR OUT``: joins the gloo group torchrun set up,
+``python tests/helpers/multinode_worker.py DATA BETON_DIR OUT``: joins the gloo group torchrun set up,
 builds the train loader over the shared beton directory (world and rank from torch.distributed),
 runs epoch 0 and writes ``OUT/rank{r}.json``: world, node, the delivered indices and labels.
 """

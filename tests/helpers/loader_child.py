@@ -1,6 +1,6 @@
 """Loader failure scenarios run in a child process by tests/test_loader.py (not a test module itself).
 
-``python tests/loader_child.py SCENARIO BETON`` prints one JSON line. Scenarios that
+``python tests/helpers/loader_child.py SCENARIO BETON`` prints one JSON line. Scenarios that
 hang on a broken loader run here so that the test can bound them with a timeout.
 """
 
@@ -16,11 +16,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from writers.ffcv_api import Compiler, IntDecoder, Operation, SimpleRGBImageDecoder, State, ToTensor
 from jit_ffcv.epoch import DecodeThread
 from jit_ffcv.layout import ToCHW
 from jit_ffcv.loader import JiTLoader
 from jit_ffcv.traversal import SequentialOrder
+from writers.ffcv_api import Compiler, IntDecoder, Operation, SimpleRGBImageDecoder, State, ToTensor
 
 BAD_INDEX = 7  # the sample whose decoding fails in the "op_error" scenario
 
