@@ -33,7 +33,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def build_parser() -> argparse.ArgumentParser:
     """All sub-commands and their options."""
     import jit_ffcv
-    from writers import beton
+    from writers import cli as write_cli
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     write_help = "convert ImageFolder splits (train, val) to .betons (--dry-run: plan only)"
-    beton.add_arguments(sub.add_parser("write", parents=[common], help=write_help))
+    write_cli.add_arguments(sub.add_parser("write", parents=[common], help=write_help))
     from jit_ffcv import bench, demo, inspect_beton
 
     inspect_beton.add_info_arguments(sub.add_parser(
@@ -59,9 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     """Dispatch to the sub-command."""
     if args.command == "write":
-        from writers import beton
+        from writers import cli as write_cli
 
-        return beton.main(args)
+        return write_cli.main(args)
     if args.command in ("info", "show"):
         from jit_ffcv import inspect_beton
 

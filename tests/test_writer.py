@@ -268,7 +268,7 @@ def test_out_naming_a_directory_fails_before_any_work(synthetic: SyntheticFolder
     def no_work(*args: object, **kwargs: object) -> None:
         raise AssertionError("images were processed before the output path was checked")
 
-    monkeypatch.setattr(writers.beton, "_encoded_in_order", no_work)
+    monkeypatch.setattr(writers.beton, "encoded_in_order", no_work)
     (tmp_path / "out.beton").mkdir()
     with pytest.raises(ValueError, match=f"output {tmp_path / 'out.beton'} is a directory"):
         write_split(synthetic.root, "train", tmp_path / "out.beton", img_size=32, mode="raw", num_workers=0,

@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from writers.beton import PAGE_SIZE
+from writers.options import PAGE_SIZE
 from writers.encode import encode_file
 from writers.folder import FolderScan
 from writers.lifecycle import worker_init
