@@ -9,7 +9,7 @@ TORCH   ?= torch==2.13.0
 APT_PKGS := pkg-config libopencv-dev libturbojpeg0-dev
 STAMP   := $(VENV)/.jit-ffcv-installed
 
-.PHONY: install system-deps test demo bench gpu-check clean
+.PHONY: install system-deps test demo bench gpu-check clean stress
 
 install: system-deps $(STAMP)
 
@@ -26,6 +26,11 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(PY) -m pytest -q
+
+# The writer under signals: 200 signals at random moments (SIGTERM/SIGINT to the process or its group,
+# SIGKILL to one worker; start-up, mid-write, publish) and 10 cold starts; prints a table per case (~10 min).
+stress: install
+	$(PY) -m tests.helpers.signal_stress --deliveries 200 --cold 10
 
 demo: install
 	$(VENV)/bin/jit-ffcv demo

@@ -26,8 +26,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that report a user's mistake or environment, not a bug in jit-ffcv."""
     from writers.beton import BadImageError
     from writers.lock import LockError
+    from writers.pool import WorkerLostError
 
-    return (ValueError, OSError, BadImageError, LockError)
+    return (ValueError, OSError, BadImageError, LockError, WorkerLostError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,17 +80,18 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jit-ffcv`` console script."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s")
-    try:
+    args = None
+    try:  # a Ctrl-C while the sub-commands are imported is one line too
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s")
         return _run(args)
     except KeyboardInterrupt:
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except _user_errors() as exc:
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
         if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in message:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import closing
 from pathlib import Path
 
 from tqdm import tqdm
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from writers import __version__
 from writers.beton_file import partial_beton
 from writers.folder import FolderScan, find_classes, scan_split
-from writers.lifecycle import sigterm_raises
+from writers.lifecycle import signals_guarded
 from writers.lock import WriteLock
 from writers.metadata import BetonMetadata, file_sha256, read_metadata
 from writers.options import DEFAULT_QUALITY, validate_options
@@ -86,7 +87,7 @@ def _write_locked(
 ) -> BetonMetadata:
     """Write under the lock, once the output was checked; a beton found then was published meanwhile."""
     img_size, quality, num_workers, limit = validate_options(img_size, mode, quality, num_workers, limit)
-    with sigterm_raises(), WriteLock(out) as lock:
+    with signals_guarded(), WriteLock(out) as lock:
         remove_stale_partials(out)  # under the lock: also those of a holder that died while we waited
         if not force and out.exists():  # published by the writer we waited for
             return _written_meanwhile(out, lock.waited, img_size=img_size, mode=mode, quality=quality,
@@ -123,14 +124,12 @@ def _write_beton(
     with partial_beton(out, max(len(tasks), 1), mode, quality) as beton:
         start = time.perf_counter()  # after FFCV's import and the file header: time spent on images
         desc = f"write {split} {img_size}px {mode}"
-        with tqdm(total=len(tasks), unit="img", desc=desc, disable=not progress) as bar:
-            for enc in encoded_in_order(tasks, img_size, mode, quality, num_workers):
+        with tqdm(total=len(tasks), unit="img", desc=desc, disable=not progress) as bar, \
+                closing(encoded_in_order(tasks, img_size, mode, quality, num_workers)) as stream:
+            for enc in stream:  # closing(): on any error its workers are killed before the cleanup below runs
                 bar.update(1)
                 if enc.payload is None:
-                    path = samples[enc.index][0]
-                    if strict:
-                        raise BadImageError(f"cannot decode {path}: {enc.error} (drop --strict to skip and report it)")
-                    skipped.append({"path": path, "error": enc.error or ""})
+                    skipped.append(_skip(samples[enc.index][0], enc.error or "", strict))
                     continue
                 beton.append(enc.payload, enc.label, img_size, enc.index)
                 counts[enc.label] += 1
@@ -161,6 +160,13 @@ def _write_beton(
     )
     publish(beton.path, out, meta)
     return meta
+
+
+def _skip(path: str, error: str, strict: bool) -> dict[str, str]:
+    """The sidecar's record of a file that could not be decoded (``strict``: stop the write instead)."""
+    if strict:
+        raise BadImageError(f"cannot decode {path}: {error} (drop --strict to skip and report it)")
+    return {"path": path, "error": error}
 
 
 def write_split(

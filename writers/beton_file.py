@@ -13,6 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
+from writers.lifecycle import critical
 from writers.output import partial_path
 
 
@@ -69,16 +70,23 @@ class BetonFile:
             fields["index"] = IntField()
         self.writer = DatasetWriter(str(path), fields, num_workers=1)
         self.writer.num_samples = capacity  # an upper bound: skipped files leave unused rows
-        self.writer.prepare()
-        # Unlink the /dev/shm segment now: our mapping stays valid and nothing is left behind,
-        # whatever kills this process (no one else attaches to it by name).
-        self.writer.metadata_sm.unlink()
-        self.metadata = np.frombuffer(self.writer.metadata_sm.buf, dtype=self.writer.metadata_type)
-        self.allocator = MemoryAllocator(str(path), self.writer.data_region_start, self.writer.page_size)
-        self.allocator.__enter__()
-        self.allocator.allocations = AllocationTable(capacity, ALLOC_TABLE_TYPE)
-        self.column = {name: field_column(fields, name) for name in fields}
-        self.image = self.metadata[self.column["image"]]
+        self.metadata = self.image = None
+        self.allocator = None
+        try:
+            with critical():  # the /dev/shm segment exists between prepare() and unlink(): no signal in between
+                self.writer.prepare()
+                # Unlink the /dev/shm segment now: our mapping stays valid and nothing is left behind,
+                # whatever kills this process (no one else attaches to it by name).
+                self.writer.metadata_sm.unlink()
+                self.metadata = np.frombuffer(self.writer.metadata_sm.buf, dtype=self.writer.metadata_type)
+                self.allocator = MemoryAllocator(str(path), self.writer.data_region_start, self.writer.page_size)
+                self.allocator.__enter__()
+                self.allocator.allocations = AllocationTable(capacity, ALLOC_TABLE_TYPE)
+            self.column = {name: field_column(fields, name) for name in fields}
+            self.image = self.metadata[self.column["image"]]
+        except BaseException:  # no caller holds this half-made object: release its views and segment now
+            self.abort(unlink=True)
+            raise
         self.mode_code = IMAGE_MODES[mode]
         self.count = 0
         self.payload_bytes = 0
@@ -109,13 +117,21 @@ class BetonFile:
         self.writer.finalize([self.allocator.allocations.table()])  # one "worker", one numpy table
         self.writer.metadata_sm.close()
 
-    def abort(self) -> None:
-        """Release the shared memory after a failure."""
+    def abort(self, unlink: bool = False) -> None:
+        """Release the file and the shared memory after a failure (``unlink``: also its name, if still there)."""
         try:
-            self.allocator.fp.close()
+            if self.allocator is not None and getattr(self.allocator, "fp", None) is not None:
+                self.allocator.fp.close()
         finally:
             self.metadata = self.image = None
-            self.writer.metadata_sm.close()
+            segment = getattr(self.writer, "metadata_sm", None)
+            if hasattr(segment, "close"):  # FFCV sets it to 3 before creating the segment
+                segment.close()
+                if unlink:
+                    try:
+                        segment.unlink()
+                    except FileNotFoundError:
+                        pass
 
 
 @contextmanager

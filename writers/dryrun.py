@@ -12,11 +12,9 @@ size is exact arithmetic from the count of good files (FFCV's page layout).
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import stat
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -25,9 +23,9 @@ import numpy as np
 from PIL import Image
 
 from writers.options import PAGE_SIZE
+from writers.pool import ordered_results
 from writers.encode import encode_file
 from writers.folder import FolderScan
-from writers.lifecycle import worker_init
 
 #: Files cropped and encoded per split by default to estimate size and time.
 DEFAULT_SAMPLE = 100
@@ -73,12 +71,13 @@ def header_error(path: str) -> str | None:
 
 def _header_errors(paths: Sequence[str], num_workers: int) -> list[str | None]:
     """:func:`header_error` of every path, in order, with ``num_workers`` processes (0: here)."""
-    if num_workers == 0:
-        return [header_error(p) for p in paths]
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with ProcessPoolExecutor(max_workers=num_workers, mp_context=ctx, initializer=worker_init,
-                             initargs=(os.getpid(),)) as pool:
-        return list(pool.map(header_error, paths, chunksize=256))
+    jobs = [(paths[i : i + 256],) for i in range(0, len(paths), 256)]
+    return list(ordered_results(_header_error_chunk, jobs, num_workers))
+
+
+def _header_error_chunk(paths: Sequence[str]) -> list[str | None]:
+    """:func:`header_error` of each path (one worker's job)."""
+    return [header_error(p) for p in paths]
 
 
 def beton_size(capacity: int, count: int, payload_bytes: float, mode: str, quality: int) -> int:

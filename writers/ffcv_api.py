@@ -105,6 +105,10 @@ def _set_numba_threads(cls: type, n: int) -> None:
 if getattr(Compiler.set_num_threads, "__func__", None) is not _set_numba_threads:
     Compiler.set_num_threads = classmethod(_set_numba_threads)  # type: ignore[method-assign]
 
+#: FFCV's image mode codes as a plain dict: ``IMAGE_MODES`` is a numba typed dict whose first lookup compiles
+#: for a second or more, which the writer must not do mid-write (an interrupted compile leaves llvmlite noise)
+IMAGE_MODE_CODES: dict[str, int] = {name: int(IMAGE_MODES[name]) for name in ("raw", "jpg")}
+
 #: FFCV's decoding step of one batch (``EpochIterator.run_pipeline``), used by jit_ffcv.epoch
 run_pipeline = EpochIterator.run_pipeline
 
@@ -120,7 +124,7 @@ def field_column(field_names: Sequence[str], name: str) -> str:
     return f"f{names.index(name)}"
 
 __all__ = [
-    "ALLOC_TABLE_TYPE", "FFCV_VERSION", "IMAGE_MODES", "TOUCH_POINTS", "AllocationQuery", "Compiler", "DatasetWriter",
+    "ALLOC_TABLE_TYPE", "FFCV_VERSION", "IMAGE_MODE_CODES", "IMAGE_MODES", "TOUCH_POINTS", "AllocationQuery", "Compiler", "DatasetWriter",
     "Field", "FieldDescType", "field_column", "HeaderType", "IntDecoder", "IntField", "Loader", "MemoryAllocator", "Operation",
     "OrderOption", "RGBImageField", "RandomHorizontalFlip", "Reader", "SimpleRGBImageDecoder", "Squeeze", "State",
     "ToDevice", "ToTensor", "ToTorchImage", "TraversalOrder", "chunks", "get_metadata_type", "imdecode", "memcpy",

@@ -22,6 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
+from writers.lifecycle import critical
 from writers.output import pid_alive
 
 log = logging.getLogger("jit_ffcv.writer")
@@ -56,7 +57,11 @@ class WriteLock:
 
     # ------------------------------------------------------------------ acquire / release
     def __enter__(self) -> WriteLock:
-        self.acquire()
+        try:
+            self.acquire()
+        except BaseException:  # a signal right after the lock was created: it must not stay behind
+            self.release()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -67,7 +72,7 @@ class WriteLock:
         start = last_log = time.monotonic()
         seen: tuple[str, float] | None = None  # (content, mtime) of the holder's lock as last seen
         seen_changed = start
-        while not self._try_create():
+        while not self._create():
             state = self._read()
             now = time.monotonic()
             if state is None:  # released between our attempt and this read: try again at once
@@ -78,15 +83,17 @@ class WriteLock:
             holder = _parse(text)
             if self._dead(holder, now - seen_changed):
                 log.warning("writer %s of %s is gone without finishing; taking over", _who(holder), self.out)
-                self._break(text)
+                with critical():
+                    self._break(text)
                 continue
             if not self.waited or now - last_log >= self.progress_every:
                 log.warning("waiting for writer %s to finish %s (%.0f s so far)", _who(holder), self.out, now - start)
                 last_log = now
             self.waited = True
             time.sleep(self.poll)
-        self._beat = threading.Thread(target=self._touch, name="jit-ffcv-lock-heartbeat", daemon=True)
-        self._beat.start()
+        with critical():
+            self._beat = threading.Thread(target=self._touch, name="jit-ffcv-lock-heartbeat", daemon=True)
+            self._beat.start()
 
     def release(self) -> None:
         """Stop the heartbeat and remove the lock file if it is still ours."""
@@ -98,6 +105,11 @@ class WriteLock:
             self.path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ helpers
+    def _create(self) -> bool:
+        """:meth:`_try_create` as one step: a signal cannot leave an empty lock file."""
+        with critical():
+            return self._try_create()
+
     def _try_create(self) -> bool:
         """Create the lock file exclusively; False if it exists."""
         record = {"host": self.host, "pid": self.pid, "token": self.token, "started": time.time()}
