@@ -60,10 +60,11 @@ class BetonFile:
 
     def __init__(self, path: Path, capacity: int, mode: str, quality: int, index_field: bool = True) -> None:
         from writers.ffcv_api import (
-            ALLOC_TABLE_TYPE, IMAGE_MODES, DatasetWriter, IntField, MemoryAllocator, RGBImageField, field_column,
+            ALLOC_TABLE_TYPE, IMAGE_MODE_CODES, DatasetWriter, IntField, MemoryAllocator, RGBImageField, field_column,
         )
 
         self.path = path
+        self.mode_code = IMAGE_MODE_CODES[mode]
         fields = {"image": RGBImageField(write_mode=mode, jpeg_quality=quality), "label": IntField()}
         self.index_field = index_field  # only replicas of betons written before the field lack it
         if index_field:
@@ -87,7 +88,6 @@ class BetonFile:
         except BaseException:  # no caller holds this half-made object: release its views and segment now
             self.abort(unlink=True)
             raise
-        self.mode_code = IMAGE_MODES[mode]
         self.count = 0
         self.payload_bytes = 0
 
