@@ -26,7 +26,7 @@ from writers.lifecycle import signals_guarded
 from writers.lock import WriteLock
 from writers.metadata import BetonMetadata, file_sha256, read_metadata
 from writers.options import DEFAULT_QUALITY, validate_options
-from writers.output import check_output, partial_files, remove_stale_partials
+from writers.output import check_output, partial_files, remove_quietly, remove_stale_partials
 from writers.pool import encoded_in_order
 from writers.publish import publish
 from writers.readers import read_indices, read_payloads
@@ -98,7 +98,7 @@ def _write_locked(
                                 shuffle_seed=shuffle_seed)
         except BaseException:
             for path in partial_files(out):
-                path.unlink(missing_ok=True)
+                remove_quietly(path, "partial file")
             raise
 
 

@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 
 from writers.lifecycle import critical
-from writers.output import partial_path
+from writers.output import partial_path, remove_quietly
 
 
 class AllocationTable:
@@ -141,12 +141,12 @@ def partial_beton(out: Path, capacity: int, mode: str, quality: int, index_field
     try:
         beton = BetonFile(partial, capacity, mode, quality, index_field)
     except BaseException:
-        partial.unlink(missing_ok=True)
+        remove_quietly(partial, "partial beton")
         raise
     try:
         yield beton
         beton.close()
     except BaseException:
         beton.abort()
-        partial.unlink(missing_ok=True)
+        remove_quietly(partial, "partial beton")
         raise

@@ -73,6 +73,14 @@ def check_output(out: Path, *, force: bool) -> None:
         )
 
 
+def remove_quietly(path: Path, what: str = "file") -> None:
+    """Delete ``path`` during cleanup; a failure (a folder turned read-only) is logged, so it never hides the cause."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not remove the %s %s (%s); delete it by hand", what, path, exc.strerror)
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists on this host (zombies count as dead)."""
     try:

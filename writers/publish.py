@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from writers.metadata import BetonMetadata, sidecar_path
+from writers.output import remove_quietly
 
 
 def publish(partial: Path, out: Path, meta: BetonMetadata) -> None:
@@ -22,9 +23,9 @@ def publish(partial: Path, out: Path, meta: BetonMetadata) -> None:
         try:
             os.replace(partial, out)
         except BaseException:
-            sidecar.unlink(missing_ok=True)  # a sidecar must never describe a beton that is not there
+            remove_quietly(sidecar, "sidecar")  # a sidecar must never describe a beton that is not there
             raise
     except BaseException:
-        tmp.unlink(missing_ok=True)
-        partial.unlink(missing_ok=True)
+        remove_quietly(tmp, "partial sidecar")
+        remove_quietly(partial, "partial beton")
         raise
