@@ -83,7 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = None
     try:  # a Ctrl-C while the sub-commands are imported is one line too
         args = build_parser().parse_args(argv)
-        logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s")
+        logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s")
+        logging.getLogger("jit_ffcv").setLevel(logging.INFO)  # our notes; other libraries' INFO (torch's at exit) not
         return _run(args)
     except KeyboardInterrupt:
         if getattr(args, "debug", False):

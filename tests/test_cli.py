@@ -239,3 +239,78 @@ def test_dry_run_sample_must_be_positive(synthetic: SyntheticFolder, tmp_path: P
     assert code == 1 and one_error_line(err) == (
         "jit-ffcv: error: sample must be >= 1, got 0 (files cropped per split for --dry-run's estimates)")
     assert list(tmp_path.iterdir()) == []
+
+
+def _no_image_may_be_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    import writers.beton
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an image was read before every split's layout was checked")
+
+    monkeypatch.setattr(writers.beton, "encoded_in_order", refuse)
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("extra val class", "val has class folders that the train split lacks: ['n99999999']"),
+    ("empty val", "Couldn't find any class folder in"),
+    ("empty val class", "Found no valid file in"),
+])
+def test_a_bad_val_layout_fails_before_train_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch, breakage: str,
+                                                         message: str) -> None:
+    """Unfixed, train was written in full (9 min of ImageNet) before val's layout was checked."""
+    import shutil
+
+    s = make_image_folder(tmp_path / "d", num_classes=2, per_class=2, broken=False, val=True)
+    val = s.root / "val"
+    if breakage == "extra val class":
+        (val / "n99999999").mkdir()
+        shutil.copy(next((val / s.val_classes[0]).iterdir()), val / "n99999999" / "x.JPEG")
+    elif breakage == "empty val":
+        shutil.rmtree(val)
+        val.mkdir()
+    else:
+        for f in (val / s.val_classes[0]).iterdir():
+            f.unlink()
+    _no_image_may_be_read(monkeypatch)
+    code, _, err = run(["write", "--data-path", str(s.root), "--img-size", "32", "--mode", "raw", "--num-workers", "0"],
+                       capsys)
+    assert code == 1 and message in one_error_line(err)
+    assert not (s.root / "ffcv").exists()  # nothing written, no output folder
+
+
+def test_a_mistyped_data_path_creates_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Unfixed, DATA/ffcv/ was created under the mistyped path before 'Dataset folder not found'."""
+    from writers.beton import write_split
+    from writers.folder import DatasetLayoutError
+
+    typo = tmp_path / "imagenet-typo"
+    code, _, err = run(["write", "--data-path", str(typo), "--img-size", "32"], capsys)
+    assert code == 1 and f"Dataset folder not found: {typo / 'train'}" in one_error_line(err)
+    with pytest.raises(DatasetLayoutError, match="Dataset folder not found"):
+        write_split(typo, "train", typo / "ffcv" / "train.beton", img_size=32, mode="raw", num_workers=0)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("cpus, expected, note", [
+    (8, 2, "--num-workers 64: using 2 (20 images make 2 chunk(s) of 16)"),
+    (1, 1, "--num-workers 64: using 1 (the CPUs this process may use)"),
+])
+def test_num_workers_is_capped_at_the_cpus_and_the_work(synthetic: SyntheticFolder, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture, cpus: int, expected: int,
+                                                         note: str) -> None:
+    """Unfixed, --num-workers 64 started 64 processes for 20 images."""
+    import logging
+
+    import writers.cli
+    from writers.metadata import read_metadata
+
+    monkeypatch.setattr(writers.cli, "usable_cpus", lambda: cpus)
+    out = tmp_path / "x.beton"
+    with caplog.at_level(logging.INFO, "jit_ffcv.writer"):
+        code, _, _ = run(["write", "--data-path", str(synthetic.root), "--img-size", "32", "--mode", "raw",
+                          "--num-workers", "64", "--limit", "20", "--out", str(out)], capsys)
+    assert code == 0 and read_metadata(out).num_workers == expected
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("--num-workers")] == [note]

@@ -16,6 +16,7 @@ import os
 import time
 from contextlib import closing
 from pathlib import Path
+from typing import Sequence
 
 from tqdm import tqdm
 
@@ -24,7 +25,7 @@ from writers.beton_file import partial_beton
 from writers.folder import FolderScan, find_classes, scan_split
 from writers.lifecycle import signals_guarded
 from writers.lock import WriteLock
-from writers.metadata import BetonMetadata, file_sha256, read_metadata
+from writers.metadata import BetonMetadata, file_sha256, read_metadata, sidecar_path
 from writers.options import DEFAULT_QUALITY, validate_options
 from writers.output import check_output, partial_files, remove_quietly, remove_stale_partials
 from writers.pool import encoded_in_order
@@ -37,7 +38,7 @@ log = logging.getLogger("jit_ffcv.writer")
 
 #: Names other modules import from here (kept when the module was split): the bench and tests use them.
 __all__ = ["DEFAULT_QUALITY", "BadImageError", "partial_beton", "publish", "read_indices", "read_payloads",
-           "replicate_beton", "write_beton", "write_split"]
+           "replicate_beton", "scan_splits", "write_beton", "write_split"]
 
 
 class BadImageError(RuntimeError):
@@ -159,6 +160,7 @@ def _write_beton(
         limit=limit if limit is not None and limit < len(scan.samples) else None,  # None: the whole split
     )
     publish(beton.path, out, meta)
+    _report_skipped(skipped, split, out)
     return meta
 
 
@@ -169,24 +171,46 @@ def _skip(path: str, error: str, strict: bool) -> dict[str, str]:
     return {"path": path, "error": error}
 
 
-def write_split(
-    data_path: str | os.PathLike, split: str, out: str | os.PathLike, **kwargs: object
-) -> BetonMetadata:
-    """Scan ``DATA/split`` (val uses train's class list) and write it to ``out``.
+def scan_splits(data_path: str | os.PathLike, splits: Sequence[str]) -> dict[str, FolderScan]:
+    """Scan every split of ``data_path`` (val with train's class list): all layout errors before any image is read."""
+    data_path = Path(data_path)
+    train_classes = find_classes(data_path / "train") if any(split != "train" for split in splits) else None
+    return {split: scan_split(data_path / split, classes=None if split == "train" else train_classes)
+            for split in splits}
 
-    Options and output are checked before the scan, which takes minutes on a large
-    dataset on a network file system (and another node may publish the beton meanwhile:
-    :func:`write_beton` then uses it).
+
+def write_split(
+    data_path: str | os.PathLike, split: str, out: str | os.PathLike, *, scan: FolderScan | None = None,
+    **kwargs: object,
+) -> BetonMetadata:
+    """Scan ``DATA/split`` (val uses train's class list) and write it to ``out``; ``scan``: already scanned.
+
+    Options, the split's folder and the output are checked before the scan, which takes minutes
+    on a large dataset on a network file system (and another node may publish the beton
+    meanwhile: :func:`write_beton` then uses it); nothing is created when a check fails.
     """
-    validate_options(kwargs.get("img_size", 256), kwargs.get("mode", "jpg"), kwargs.get("quality", DEFAULT_QUALITY),  # type: ignore[arg-type]
-              kwargs.get("num_workers", 1), kwargs.get("limit"))
+    validate_options(kwargs.get("img_size", 256), kwargs.get("mode", "jpg"),  # type: ignore[arg-type]
+                     kwargs.get("quality", DEFAULT_QUALITY), kwargs.get("num_workers", 1), kwargs.get("limit"))
     if kwargs.get("shuffle_seed", 0) is not None:
         sample_permutation(0, kwargs.get("shuffle_seed", 0))  # type: ignore[arg-type]  # checks the seed
-    check_output(Path(out), force=bool(kwargs.get("force", False)))
     data_path = Path(data_path)
-    classes = find_classes(data_path / "train") if split != "train" else None
-    scan = scan_split(data_path / split, classes=classes)
+    if scan is None:
+        for folder in {data_path / "train", data_path / split}:
+            find_classes(folder)  # a mistyped path fails here, before check_output creates the output folder
+    check_output(Path(out), force=bool(kwargs.get("force", False)))
+    if scan is None:
+        scan = scan_splits(data_path, [split])[split]
     return _write_locked(scan, Path(out), split=split, **kwargs)  # type: ignore[arg-type]
+
+
+def _report_skipped(skipped: list[dict[str, str]], split: str, out: Path) -> None:
+    """Log the files a write skipped, with their reasons (``prepare_data`` shows them as ``jit-ffcv write`` does)."""
+    if not skipped:
+        return
+    listed = [f"  {s['path']}: {s['error']}" for s in skipped[:10]]
+    more = [f"  ... and {len(skipped) - 10} more"] if len(skipped) > 10 else []
+    log.warning("skipped %d unreadable file(s) of %s, all listed in %s:\n%s", len(skipped), split,
+                sidecar_path(out), "\n".join(listed + more))
 
 
 # Old private names, kept until jit_ffcv/bench/scale.py, tests/test_mixing.py and tests/test_scale.py use the public ones.

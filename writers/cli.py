@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from writers.beton import write_split
+from writers.beton import scan_splits, write_split
 from writers.cpus import usable_cpus
 from writers.dryrun import DEFAULT_SAMPLE, plan_split, report
 from writers.encode import MODES
-from writers.folder import find_classes, scan_split
+from writers.folder import find_classes
 from writers.metadata import BetonMetadata, sidecar_path
-from writers.options import DEFAULT_QUALITY, MAX_IMG_SIZE, MAX_RAW_IMG_SIZE, integer_option, validate_options
+from writers.options import CHUNK, DEFAULT_QUALITY, MAX_IMG_SIZE, MAX_RAW_IMG_SIZE, integer_option, validate_options
 from writers.output import BetonExistsError, beton_name, check_output, default_beton_dir
+
+log = logging.getLogger("jit_ffcv.writer")
 
 #: Splits ``jit-ffcv write`` knows, in the order it writes them.
 SPLITS = ("train", "val")
@@ -30,8 +34,7 @@ def summary(meta: BetonMetadata, out: str | os.PathLike) -> str:
         f"{meta.size_bytes / 2**20:.1f} MiB file)",
     ]
     if meta.skipped:
-        lines.append(f"skipped {len(meta.skipped)} unreadable file(s), listed in {sidecar_path(out)}:")
-        lines += [f"  {s['path']}: {s['error']}" for s in meta.skipped[:10]]
+        lines.append(f"skipped {len(meta.skipped)} unreadable file(s): see the warning above and {sidecar_path(out)}")
     if meta.ignored:
         lines.append(f"ignored {len(meta.ignored)} non-image file(s) (by extension, as ImageFolder does)")
     return "\n".join(lines)
@@ -97,7 +100,7 @@ def check_outputs(targets: dict[str, Path], force: bool) -> None:
     """Check every output before any split is written; an existing one names the splits still missing."""
     for split, out in targets.items():
         try:
-            check_output(out, force=force)
+            check_output(out, force=force, create=False)  # created when its split is written
         except BetonExistsError as exc:
             missing = [s for s, path in targets.items() if not path.exists()]
             if not missing:
@@ -106,27 +109,40 @@ def check_outputs(targets: dict[str, Path], force: bool) -> None:
                                    f"split{'s' if len(missing) > 1 else ''}") from None
 
 
+def capped_workers(requested: int, images: int) -> tuple[int, str | None]:
+    """Worker processes worth starting for ``images`` images, and a one-line note when fewer than ``requested``."""
+    chunks = max(1, math.ceil(images / CHUNK))
+    cpus = usable_cpus()
+    workers = min(requested, cpus, chunks)
+    if workers >= requested:
+        return requested, None
+    why = "the CPUs this process may use" if workers == cpus else f"{images} images make {chunks} chunk(s) of {CHUNK}"
+    return workers, f"--num-workers {requested}: using {workers} ({why})"
+
+
 def main(args: argparse.Namespace) -> int:
-    """Run the writer for parsed ``args``: every split in turn (or only plan them with ``--dry-run``)."""
+    """Run the writer for parsed ``args``: every split in turn (or only plan them with ``--dry-run``).
+
+    Everything that can fail before the first image is checked first, for every split: options,
+    that the dataset's folders exist (nothing is created otherwise), the outputs, then each
+    split's layout (val's classes against train's, empty folders).
+    """
     validate_options(args.img_size, args.mode, args.quality, args.num_workers, args.limit)
     targets = outputs(args)
+    for split in {"train", *targets}:
+        find_classes(Path(args.data_path) / split)  # cheap: a mistyped --data-path fails before any folder is made
     if args.dry_run:
         return dry_run(args, targets)
     check_outputs(targets, args.force)
+    scans = scan_splits(args.data_path, list(targets))
     for split, out in targets.items():
-        meta = write_split(
-            args.data_path,
-            split,
-            out,
-            img_size=args.img_size,
-            mode=args.mode,
-            quality=args.quality,
-            num_workers=args.num_workers,
-            strict=args.strict,
-            limit=args.limit,
-            shuffle_seed=None if args.no_shuffle else args.shuffle_seed,
-            force=args.force,
-        )
+        images = len(scans[split].samples[:args.limit] if args.limit is not None else scans[split].samples)
+        num_workers, note = capped_workers(args.num_workers, images)
+        if note:
+            log.info("%s", note)
+        meta = write_split(args.data_path, split, out, scan=scans[split], img_size=args.img_size, mode=args.mode,
+                           quality=args.quality, num_workers=num_workers, strict=args.strict, limit=args.limit,
+                           shuffle_seed=None if args.no_shuffle else args.shuffle_seed, force=args.force)
         print(summary(meta, out), flush=True)
     return 0
 
@@ -134,13 +150,16 @@ def main(args: argparse.Namespace) -> int:
 def dry_run(args: argparse.Namespace, targets: dict[str, Path]) -> int:
     """Print what writing ``targets`` would do; create, write or delete nothing."""
     sample = integer_option("sample", args.sample, 1, hint=" (files cropped per split for --dry-run's estimates)")
-    data_path = Path(args.data_path)
+    scans = scan_splits(args.data_path, list(targets))
     for split, out in targets.items():
-        classes = find_classes(data_path / "train") if split != "train" else None
-        scan = scan_split(data_path / split, classes=classes)
+        scan = scans[split]
+        images = len(scan.samples[:args.limit] if args.limit is not None else scan.samples)
+        num_workers, note = capped_workers(args.num_workers, images)
+        if note:
+            log.info("%s", note)
         plan = plan_split(scan, split, out, img_size=args.img_size, mode=args.mode, quality=args.quality,
-                          num_workers=args.num_workers, limit=args.limit, sample=sample)
-        print(report(plan, args.num_workers), flush=True)
+                          num_workers=num_workers, limit=args.limit, sample=sample)
+        print(report(plan, num_workers), flush=True)
     print("dry run: nothing was written")
     return 0
 

@@ -99,12 +99,13 @@ class WriteLock:
 
     def release(self) -> None:
         """Stop the heartbeat and remove the lock file if it is still ours (a failure is logged: never masks another)."""
-        self._stop.set()
-        if self._beat is not None:
-            self._beat.join()
-        state = self._read()
-        if state is not None and _parse(state[0]).get("token") == self.token:
-            remove_quietly(self.path, "lock file")
+        with critical():  # also on success: a signal must not stop it half-way and leave the lock behind
+            self._stop.set()
+            if self._beat is not None:
+                self._beat.join()
+            state = self._read()
+            if state is not None and _parse(state[0]).get("token") == self.token:
+                remove_quietly(self.path, "lock file")
 
     # ------------------------------------------------------------------ helpers
     def _create(self) -> bool:

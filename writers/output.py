@@ -55,18 +55,30 @@ def partial_files(out: Path) -> list[Path]:
     return [partial, partial.with_name(partial.name + ".json")]
 
 
-def check_output(out: Path, *, force: bool) -> None:
-    """Fail now, before any work, if ``out`` cannot become a beton; create its folder."""
+def check_output(out: Path, *, force: bool, create: bool = True) -> None:
+    """Fail now, before any work, if ``out`` cannot become a beton; create its folder (``create``: else only check).
+
+    Without ``create`` the nearest existing folder above ``out`` must be writable, so a command can
+    check all its outputs first and still create nothing when a later check fails.
+    """
     if out.is_dir():
         raise OutputError(f"output {out} is a directory; name a file such as {out / 'train_256_jpg90.beton'}")
     if sidecar_path(out).is_dir():
         raise OutputError(f"{sidecar_path(out)} is a directory, so the beton's sidecar cannot be written; remove it")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create the output folder {out.parent}: {exc.strerror}; choose another output") from exc
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write in {out.parent} (read-only?); choose another output")
+    folder = out.parent
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the output folder {folder}: {exc.strerror}; choose another output") from exc
+    else:
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise OutputError(f"cannot create the output folder {out.parent}: {folder} is not a folder; "
+                              f"choose another output")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write in {folder} (read-only?); choose another output")
     if out.exists() and not force:
         raise BetonExistsError(
             f"{out} already exists; pass --force (force=True) to overwrite it, or choose another output"

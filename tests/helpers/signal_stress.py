@@ -272,6 +272,13 @@ def _calibrate(data: Path, work: Path) -> dict[str, float]:
     return {k: min(r[k] for r in runs) for k in runs[0]}
 
 
+def _default_signals() -> None:
+    """In a cold run before exec: SIGINT and SIGTERM as a terminal would give them (a harness started in the
+    background of a shell inherits an ignored SIGINT, which Python would keep ignoring)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def _cold(data: Path, work: Path, n: int, rng: random.Random, window: float) -> tuple[str, str, list[str]]:
     """A write from a fresh interpreter, signalled (group SIGTERM or SIGINT) at a random moment of its start-up."""
     kind = rng.choice(["term-group", "int-group"])
@@ -283,7 +290,8 @@ def _cold(data: Path, work: Path, n: int, rng: random.Random, window: float) -> 
     with open(err, "wb") as f:
         proc = subprocess.Popen([sys.executable, "-c", code, str(report), "write", "--data-path", str(data),
                                  "--out", str(out), *ARGS], stderr=f, stdout=subprocess.DEVNULL,
-                                pass_fds=[report], start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                pass_fds=[report], start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                preexec_fn=_default_signals)
     os.close(report)
     _wait_byte(read, b"S", bytearray(), 60)
     os.close(read)
