@@ -296,7 +296,7 @@ def test_finished_beton_is_not_overwritten_without_force(synthetic: SyntheticFol
     args = {"img_size": 32, "mode": "raw", "num_workers": 0, "progress": False}
     write_split(synthetic.root, "train", out, limit=3, **args)
     before = out.read_bytes(), sidecar_path(out).read_text()
-    with pytest.raises(ValueError, match="already exists; pass --force"):
+    with pytest.raises(ValueError, match="already exists; pass force=True to overwrite it"):
         write_split(synthetic.root, "train", out, limit=5, **args)
     assert (out.read_bytes(), sidecar_path(out).read_text()) == before
     assert write_split(synthetic.root, "train", out, limit=5, force=True, **args).num_samples == 5

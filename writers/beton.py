@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from contextlib import closing
 from pathlib import Path
-from typing import Sequence
 
 from tqdm import tqdm
 
@@ -213,6 +213,7 @@ def _report_skipped(skipped: list[dict[str, str]], split: str, out: Path) -> Non
                 sidecar_path(out), "\n".join(listed + more))
 
 
-# Old private names, kept until jit_ffcv/bench/scale.py, tests/test_mixing.py and tests/test_scale.py use the public ones.
+# Old private names, kept until jit_ffcv/bench/scale.py, tests/test_mixing.py and tests/test_scale.py use the
+# public ones.
 _partial_beton = partial_beton
 _publish = publish

@@ -7,9 +7,9 @@ with any FFCV 1.0.2 reader.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -60,7 +60,13 @@ class BetonFile:
 
     def __init__(self, path: Path, capacity: int, mode: str, quality: int, index_field: bool = True) -> None:
         from writers.ffcv_api import (
-            ALLOC_TABLE_TYPE, IMAGE_MODE_CODES, DatasetWriter, IntField, MemoryAllocator, RGBImageField, field_column,
+            ALLOC_TABLE_TYPE,
+            IMAGE_MODE_CODES,
+            DatasetWriter,
+            IntField,
+            MemoryAllocator,
+            RGBImageField,
+            field_column,
         )
 
         self.path = path

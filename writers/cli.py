@@ -7,8 +7,8 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from writers.beton import scan_splits, write_split
 from writers.cpus import usable_cpus
@@ -30,7 +30,7 @@ def summary(meta: BetonMetadata, out: str | os.PathLike) -> str:
     lines = [
         f"wrote {meta.num_samples} images to {out} in {meta.seconds:.1f} s "
         f"({meta.images_per_second:.0f} img/s, {meta.num_workers} workers, "
-        f"{meta.payload_bytes / max(meta.num_samples, 1) / 1024:.1f} KiB/image stored, "
+        f"{meta.payload_bytes / max(meta.num_samples, 1) / 1024:.1f} KiB/image payload, "
         f"{meta.size_bytes / 2**20:.1f} MiB file)",
     ]
     if meta.skipped:
@@ -40,24 +40,38 @@ def summary(meta: BetonMetadata, out: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """``--help`` shows each option's default (those that have one: not None, not a flag's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False \
+                or action.default == argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``write`` command's options (shared by ``python -m writers.cli`` and ``jit-ffcv write``)."""
+    """The ``write`` command's options (``python -m writers.cli``, ``jit-ffcv write``); --help shows defaults."""
+    parser.formatter_class = _DefaultsFormatter
     parser.add_argument("--data-path", required=True, help="dataset root holding train/ (and val/)")
     parser.add_argument("--split", nargs="+", choices=SPLITS, default=None,
                         help="split(s) to write (default: train, and val when DATA/val exists; train alone with --out)")
     parser.add_argument("--img-size", type=int, default=256,
                         help=f"crop size, 32 to {MAX_IMG_SIZE} ({MAX_RAW_IMG_SIZE} in raw mode)")
-    parser.add_argument("--mode", default="jpg", choices=MODES)
+    parser.add_argument("--mode", default="jpg", choices=MODES, help="stored image format: JPEG, or raw RGB pixels")
     parser.add_argument("--quality", type=int, default=DEFAULT_QUALITY, help="JPEG quality (jpg mode)")
     parser.add_argument("--num-workers", type=int, default=usable_cpus(),
-                        help="worker processes (default: the CPUs this process may use)")
+                        help=f"worker processes (default: {usable_cpus()}, the CPUs this process may use; "
+                             f"capped at them and at the work)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--out-dir", default=None,
                        help="folder of the betons, named as JiTDataModule looks for them, e.g. train_256_jpg90.beton "
                             "(default: DATA/ffcv)")
     where.add_argument("--out", default=None, help="output FILE.beton (one split only)")
     parser.add_argument("--strict", action="store_true", help="fail on the first unreadable image")
-    parser.add_argument("--limit", type=int, default=None, help="write only the first N images of each split")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="write only the first N images of each split (default: every image)")
     parser.add_argument("--shuffle-seed", type=int, default=0, help="seed of the stored sample order (mixes classes)")
     parser.add_argument("--no-shuffle", action="store_true", help="store samples in ImageFolder (class-sorted) order")
     parser.add_argument("--force", action="store_true", help="overwrite existing betons")
@@ -71,7 +85,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     """Parse the writer's command line."""
-    return add_arguments(argparse.ArgumentParser(description="Write ImageFolder splits to FFCV .betons.")).parse_args(argv)
+    parser = argparse.ArgumentParser(description="Write ImageFolder splits to FFCV .betons.")
+    return add_arguments(parser).parse_args(argv)
 
 
 def splits_to_write(data_path: str | os.PathLike, asked: Sequence[str] | None, one_file: bool = False) -> list[str]:
@@ -98,9 +113,9 @@ def outputs(args: argparse.Namespace) -> dict[str, Path]:
 
 def check_outputs(targets: dict[str, Path], force: bool) -> None:
     """Check every output before any split is written; an existing one names the splits still missing."""
-    for split, out in targets.items():
+    for out in targets.values():
         try:
-            check_output(out, force=force, create=False)  # created when its split is written
+            check_output(out, force=force, create=False, force_hint="--force")  # created when its split is written
         except BetonExistsError as exc:
             missing = [s for s, path in targets.items() if not path.exists()]
             if not missing:

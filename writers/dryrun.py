@@ -15,17 +15,17 @@ import math
 import os
 import stat
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from writers.options import PAGE_SIZE
-from writers.pool import ordered_results
 from writers.encode import UNIDENTIFIED, encode_file
 from writers.folder import FolderScan
+from writers.options import PAGE_SIZE
+from writers.pool import ordered_results
 
 #: Files cropped and encoded per split by default to estimate size and time.
 DEFAULT_SAMPLE = 100
@@ -127,7 +127,7 @@ def plan_split(
     plan = SplitPlan(split=split, out=out, out_exists=out.exists(), images=len(paths),
                      classes=len(scan.classes), ignored=list(scan.ignored))
     errors = _header_errors(paths, num_workers)
-    plan.skipped = [(p, e) for p, e in zip(paths, errors) if e is not None]
+    plan.skipped = [(p, e) for p, e in zip(paths, errors, strict=True) if e is not None]
     readable = [i for i, e in enumerate(errors) if e is None]
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(readable, size=min(sample, len(readable)), replace=False).tolist())

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import numba
 import torch
@@ -123,10 +123,11 @@ def field_column(field_names: Sequence[str], name: str) -> str:
         raise KeyError(f"the beton has no field {name!r}; its fields are {names}")
     return f"f{names.index(name)}"
 
+
 __all__ = [
-    "ALLOC_TABLE_TYPE", "FFCV_VERSION", "IMAGE_MODE_CODES", "IMAGE_MODES", "TOUCH_POINTS", "AllocationQuery", "Compiler", "DatasetWriter",
-    "Field", "FieldDescType", "field_column", "HeaderType", "IntDecoder", "IntField", "Loader", "MemoryAllocator", "Operation",
-    "OrderOption", "RGBImageField", "RandomHorizontalFlip", "Reader", "SimpleRGBImageDecoder", "Squeeze", "State",
-    "ToDevice", "ToTensor", "ToTorchImage", "TraversalOrder", "chunks", "get_metadata_type", "imdecode", "memcpy",
-    "run_pipeline",
+    "ALLOC_TABLE_TYPE", "AllocationQuery", "Compiler", "DatasetWriter", "FFCV_VERSION", "Field", "FieldDescType",
+    "HeaderType", "IMAGE_MODES", "IMAGE_MODE_CODES", "IntDecoder", "IntField", "Loader", "MemoryAllocator",
+    "Operation", "OrderOption", "RGBImageField", "RandomHorizontalFlip", "Reader", "SimpleRGBImageDecoder", "Squeeze",
+    "State", "TOUCH_POINTS", "ToDevice", "ToTensor", "ToTorchImage", "TraversalOrder", "chunks", "field_column",
+    "get_metadata_type", "imdecode", "memcpy", "run_pipeline",
 ]

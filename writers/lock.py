@@ -98,7 +98,7 @@ class WriteLock:
             self._beat.start()
 
     def release(self) -> None:
-        """Stop the heartbeat and remove the lock file if it is still ours (a failure is logged: never masks another)."""
+        """Stop the heartbeat and remove the lock file if still ours (a failure is logged: it never masks another)."""
         with critical():  # also on success: a signal must not stop it half-way and leave the lock behind
             self._stop.set()
             if self._beat is not None:

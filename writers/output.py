@@ -55,11 +55,12 @@ def partial_files(out: Path) -> list[Path]:
     return [partial, partial.with_name(partial.name + ".json")]
 
 
-def check_output(out: Path, *, force: bool, create: bool = True) -> None:
+def check_output(out: Path, *, force: bool, create: bool = True, force_hint: str = "force=True") -> None:
     """Fail now, before any work, if ``out`` cannot become a beton; create its folder (``create``: else only check).
 
     Without ``create`` the nearest existing folder above ``out`` must be writable, so a command can
-    check all its outputs first and still create nothing when a later check fails.
+    check all its outputs first and still create nothing when a later check fails. ``force_hint`` is
+    how the caller overwrites (``force=True`` from Python, ``--force`` on the command line).
     """
     if out.is_dir():
         raise OutputError(f"output {out} is a directory; name a file such as {out / 'train_256_jpg90.beton'}")
@@ -70,7 +71,8 @@ def check_output(out: Path, *, force: bool, create: bool = True) -> None:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise OutputError(f"cannot create the output folder {folder}: {exc.strerror}; choose another output") from exc
+            raise OutputError(f"cannot create the output folder {folder}: {exc.strerror}; "
+                              f"choose another output") from exc
     else:
         while not folder.exists() and folder != folder.parent:
             folder = folder.parent
@@ -81,7 +83,7 @@ def check_output(out: Path, *, force: bool, create: bool = True) -> None:
         raise OutputError(f"cannot write in {folder} (read-only?); choose another output")
     if out.exists() and not force:
         raise BetonExistsError(
-            f"{out} already exists; pass --force (force=True) to overwrite it, or choose another output"
+            f"{out} already exists; pass {force_hint} to overwrite it, or choose another output"
         )
 
 

@@ -14,10 +14,11 @@ import os
 import signal
 import time
 from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from writers.encode import Encoded, encode_chunk
 from writers.lifecycle import SIGNALS, check_signals, critical, worker_init

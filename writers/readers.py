@@ -13,7 +13,7 @@ def read_payloads(beton: str | os.PathLike, limit: int | None = None) -> tuple[l
 
     reader = Reader(str(beton))
     table = reader.alloc_table
-    size_of = dict(zip(table["ptr"].tolist(), table["size"].tolist()))
+    size_of = dict(zip(table["ptr"].tolist(), table["size"].tolist(), strict=True))
     data = np.memmap(beton, dtype=np.uint8, mode="r")
     ptrs = reader.metadata[field_column(reader.field_names, "image")]["data_ptr"][:limit].tolist()
     payloads = [data[p : p + size_of[p]].tobytes() for p in ptrs]
