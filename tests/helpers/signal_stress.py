@@ -33,34 +33,14 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from tests.helpers.signal_checks import EXIT_LIMIT, check, children, stderr_lines
+
 KINDS = ("term-process", "term-group", "int-process", "int-group", "kill-worker")
 PHASES = ("start-up", "mid-write", "publish")
 CASES = [(k, p) for k in KINDS for p in PHASES if not (k == "kill-worker" and p == "publish")]
-EXIT_LIMIT = 5.0
 PUBLISH_PAUSE = 0.1  # seconds per rename in the publish phase
 IMAGES = 120
 ARGS = ["--img-size", "64", "--mode", "jpg", "--num-workers", "2"]
-
-
-def _children(pid: int) -> list[int]:
-    """Living children of ``pid``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(entry))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 class _SlowOs:
@@ -140,63 +120,9 @@ def _wait_exit(pid: int, timeout: float) -> int | None:
         time.sleep(0.005)
 
 
-def _lines(err: Path) -> list[str]:
-    """stderr's lines without progress bars."""
-    text = err.read_text(errors="replace").replace("\r", "\n")
-    return [line for line in text.splitlines() if line.strip() and not line.startswith("write train")]
-
-
-def _check(kind: str, status: int | None, lines: list[str], out: Path, workers: list[int]) -> list[str]:
-    """What is wrong with a finished run (empty: clean)."""
-    from writers.metadata import read_metadata, verify_file
-
-    problems = []
-    if status is None:
-        return [f"no exit within {EXIT_LIMIT} s"]
-    text = "\n".join(lines)
-    if "Traceback" in text or "Exception ignored" in text:
-        problems.append("traceback in stderr: " + " | ".join(lines[-3:]))
-    files = sorted(os.listdir(out.parent)) if out.parent.exists() else []
-    published = out.name in files
-    leftover = [f for f in files if f not in (out.name, out.name + ".json")]
-    if leftover:
-        problems.append(f"left behind: {leftover}")
-    if published:
-        try:
-            meta = read_metadata(out)
-            verify_file(out, meta, checksum=True)
-            if meta.num_samples != IMAGES:
-                problems.append(f"published {meta.num_samples} of {IMAGES} samples")
-        except Exception as exc:  # noqa: BLE001
-            problems.append(f"published beton does not verify: {exc}")
-    deadline = time.monotonic() + 1.0  # PDEATHSIG is asynchronous: give the kernel a moment
-    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
-        time.sleep(0.005)
-    stray = [p for p in workers if _alive(p)]
-    if stray:
-        problems.append(f"workers alive after exit: {stray}")
-    expected = {"term": (-signal.SIGTERM, []), "int": (130, ["jit-ffcv: interrupted"])}
-    if status == 0:
-        if not published:
-            problems.append("status 0 without a beton")
-        if any(line.startswith("jit-ffcv:") for line in lines):
-            problems.append(f"status 0 with message: {lines}")
-    elif kind == "kill-worker":
-        if status != 1 or len(lines) != 1 or not lines[0].startswith("jit-ffcv: error: writer worker process") \
-                or "SIGKILL" not in lines[0]:
-            problems.append(f"status {status}, stderr {lines}")
-    elif kind.startswith("int") and (status, lines) == (-signal.SIGINT, []):
-        pass  # died of SIGINT itself: the guard hands a SIGINT whose handler was the default back to it
-    else:
-        want_status, want_lines = expected[kind.split("-")[0]]
-        if status != want_status or lines != want_lines:
-            problems.append(f"status {status} (want {want_status}), stderr {lines}")
-    return problems
-
-
 def _deliver(kind: str, pid: int, rng: random.Random) -> tuple[bool, list[int]]:
     """Send the case's signal; (delivered, worker pids seen)."""
-    workers = _children(pid)
+    workers = children(pid)
     try:
         if kind == "kill-worker":
             if not workers:
@@ -227,7 +153,7 @@ def _run(kind: str, phase: str, data: Path, work: Path, n: int, timing: dict[str
     try:
         if kind == "kill-worker" and phase == "start-up":  # the first moment a worker exists
             deadline = time.monotonic() + 60
-            while not _children(pid) and time.monotonic() < deadline and _wait_exit(pid, 0) is None:
+            while not children(pid) and time.monotonic() < deadline and _wait_exit(pid, 0) is None:
                 time.sleep(0.001)
         elif phase == "start-up":
             time.sleep(rng.uniform(0, timing["W"]))
@@ -242,7 +168,7 @@ def _run(kind: str, phase: str, data: Path, work: Path, n: int, timing: dict[str
         if status is None:
             os.killpg(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-        problems = _check(kind, status, _lines(err), out, workers)
+        problems = check(kind, status, stderr_lines(err), out, workers, IMAGES)
         return ("late" if not delivered and not problems else "failed" if problems else "clean"), problems
     finally:
         os.close(read)
@@ -267,7 +193,7 @@ def _calibrate(data: Path, work: Path) -> dict[str, float]:
         os.close(read)
         status = _wait_exit(pid, 120)
         marks["exit"] = time.monotonic() - start
-        problems = _check("term-process", status, _lines(work / "calib.err"), out, [])
+        problems = check("term-process", status, stderr_lines(work / "calib.err"), out, [], IMAGES)
         if status != 0 or problems:
             raise SystemExit(f"calibration write failed: status {status}, {problems}")
         runs.append(marks)
@@ -305,7 +231,7 @@ def _cold(data: Path, work: Path, n: int, rng: random.Random, window: float) -> 
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         status = None
-    problems = _check(kind, status, _lines(err), out, workers)
+    problems = check(kind, status, stderr_lines(err), out, workers, IMAGES)
     return kind, ("late" if not delivered and not problems else "failed" if problems else "clean"), problems
 
 
@@ -318,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deliveries", type=int, default=200, help="forked runs, one signal each")
     parser.add_argument("--cold", type=int, default=0, help="extra runs from a fresh interpreter (~15 s each)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the random moments (default: random)")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=KINDS, help="signal cases to run (default: all)")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     rng = random.Random(seed)
@@ -336,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         timing = _calibrate(data, work)
         print(f"seed {seed}; unsignalled write: first image at {timing['W']:.2f} s, publish at {timing['P']:.2f} s, "
               f"exit at {timing['exit']:.2f} s", flush=True)
-        cases = [CASES[i % len(CASES)] for i in range(args.deliveries)]
+        chosen = [case for case in CASES if case[0] in args.kinds]
+        cases = [chosen[i % len(chosen)] for i in range(args.deliveries)]
         rng.shuffle(cases)
         for n, (kind, phase) in enumerate(cases):
             verdict, problems = _run(kind, phase, data, work, n, timing, rng)
