@@ -20,7 +20,7 @@ TORCH   ?= torch==2.13.0
 APT_PKGS := pkg-config libopencv-dev libturbojpeg0-dev
 STAMP   := $(VENV)/.jit-ffcv-installed
 
-.PHONY: install system-deps test check lint demo bench bench-scale gpu-check clean help
+.PHONY: install system-deps test check lint stress demo bench bench-scale gpu-check clean help
 
 install: system-deps $(STAMP)
 
@@ -44,6 +44,11 @@ check: install
 
 lint: install
 	$(VENV)/bin/ruff check jit_ffcv writers tests examples
+
+# The writer under signals: 200 signals at random moments (SIGTERM/SIGINT to the process or its group,
+# SIGKILL to one worker; start-up, mid-write, publish) and 10 cold starts; prints a table per case (~10 min).
+stress: install
+	$(PY) -m tests.helpers.signal_stress --deliveries 200 --cold 10
 
 demo: install
 	$(VENV)/bin/jit-ffcv demo

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import NoReturn, Sequence
+from collections.abc import Sequence
+from typing import NoReturn
 
 PROG = "jit-ffcv"
 
@@ -26,14 +27,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that report a user's mistake or environment, not a bug in jit-ffcv."""
     from writers.beton import BadImageError
     from writers.lock import LockError
+    from writers.pool import WorkerLostError
 
-    return (ValueError, OSError, BadImageError, LockError)
+    return (ValueError, OSError, BadImageError, LockError, WorkerLostError)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """All sub-commands and their options."""
     import jit_ffcv
-    from writers import beton
+    from writers import cli as write_cli
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -43,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     write_help = "convert ImageFolder splits (train, val) to .betons (--dry-run: plan only)"
-    beton.add_arguments(sub.add_parser("write", parents=[common], help=write_help))
+    write_cli.add_arguments(sub.add_parser("write", parents=[common], help=write_help))
     from jit_ffcv import bench, demo, inspect_beton, trace
 
     inspect_beton.add_info_arguments(sub.add_parser(
@@ -61,9 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     """Dispatch to the sub-command."""
     if args.command == "write":
-        from writers import beton
+        from writers import cli as write_cli
 
-        return beton.main(args)
+        return write_cli.main(args)
     if args.command in ("info", "show"):
         from jit_ffcv import inspect_beton
 
@@ -85,17 +87,19 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``jit-ffcv`` console script."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=f"{PROG}: %(message)s")
-    try:
+    args = None
+    try:  # a Ctrl-C while the sub-commands are imported is one line too
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s")
+        logging.getLogger("jit_ffcv").setLevel(logging.INFO)  # our notes; other libraries' INFO (torch's at exit) not
         return _run(args)
     except KeyboardInterrupt:
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except _user_errors() as exc:
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
         if isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in message:

@@ -69,15 +69,18 @@ def dataset_root(data_path: str | None, out: Path) -> Path:
     return data
 
 
-def _grid(images: np.ndarray, cols: int = 8) -> np.ndarray:
-    """Tile NCHW uint8 images into one HWC picture."""
-    n, c, h, w = images.shape
-    rows = -(-n // cols)
-    canvas = np.full((rows * h, cols * w, c), 255, dtype=np.uint8)
-    for i in range(n):
-        r, k = divmod(i, cols)
-        canvas[r * h : (r + 1) * h, k * w : (k + 1) * w] = images[i].transpose(1, 2, 0)
-    return canvas
+def save_batch(batch: tuple[np.ndarray, np.ndarray], class_names: list[str], picture: Path) -> int:
+    """Save a training batch (NCHW uint8, labels) as a captioned grid, like ``jit-ffcv show``; return its size."""
+    from jit_ffcv.inspect_beton import Sample, render_grid
+
+    images, labels = batch
+    samples = [Sample(sample_id=k, index=None, label=int(label), class_name=class_names[int(label)],
+                      image=np.ascontiguousarray(image.transpose(1, 2, 0))) for k, (image, label) in
+               enumerate(zip(images, labels, strict=True))]
+    captions = [(f"{s.class_name} (label {s.label})", f"batch item {s.sample_id}") for s in samples]
+    grid, _ = render_grid(samples, captions)
+    grid.save(picture, format="PNG")
+    return len(samples)
 
 
 def write(data: Path, out: Path, args: argparse.Namespace, workers: int) -> JiTDataModule:
@@ -98,8 +101,9 @@ def write(data: Path, out: Path, args: argparse.Namespace, workers: int) -> JiTD
     return dm
 
 
-def train(loader: Any, img_size: int, num_classes: int, steps: int, seed: int = 0) -> tuple[list[float], np.ndarray]:
-    """(b) ``steps`` AdamW steps of TinyJiT on ``loader``'s batches; the losses and the first batch's images."""
+def train(loader: Any, img_size: int, num_classes: int, steps: int,
+          seed: int = 0) -> tuple[list[float], tuple[np.ndarray, np.ndarray]]:
+    """(b) ``steps`` AdamW steps of TinyJiT on ``loader``'s batches; the losses and the first batch (images, labels)."""
     import torch
 
     from jit_ffcv.toy import TinyJiT, flow_matching_loss
@@ -109,13 +113,13 @@ def train(loader: Any, img_size: int, num_classes: int, steps: int, seed: int = 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     noise = torch.Generator().manual_seed(seed)
     losses: list[float] = []
-    first: np.ndarray | None = None
+    first: tuple[np.ndarray, np.ndarray] | None = None
     epoch = 0
     while len(losses) < steps:
         loader.sampler.set_epoch(epoch)
         for images, labels in loader:
             if first is None:
-                first = images[:16].numpy().copy()
+                first = images.numpy().copy(), labels.numpy().reshape(-1).copy()
             loss = flow_matching_loss(model, images, labels, generator=noise)
             opt.zero_grad()
             loss.backward()
@@ -159,8 +163,6 @@ def compare(loader: Any, beton: Path, data: Path, args: argparse.Namespace, work
 
 def main(args: argparse.Namespace) -> int:
     """Write, train, compare; print each step, save the batch picture and ``summary.json``."""
-    from PIL import Image
-
     from jit_ffcv.bench.report import ratio_table
 
     _check(args)
@@ -181,7 +183,7 @@ def main(args: argparse.Namespace) -> int:
     if not all(math.isfinite(x) for x in losses):
         raise RuntimeError(f"the tiny model's loss is not finite: {losses}")
     picture = out / "batch.png"
-    Image.fromarray(_grid(first)).save(picture)
+    shown = save_batch(first, info["class_names"], picture)
 
     print(f"(c) throughput, same {args.img_size} px data and {workers} workers each, batch {args.batch_size}, "
           f"after a warm-up epoch, at least {args.bench_seconds:g} s each ...")
@@ -190,5 +192,6 @@ def main(args: argparse.Namespace) -> int:
     summary = {"dataset": str(data), "train_beton": info["train_beton"], "workers": workers,
                "losses": losses, "throughput": [{"pipeline": r.name, "img_per_s": r.img_per_s} for r in results]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"saved {picture} (first training batch) and {out / 'summary.json'}")
+    print(f"saved {picture} (the first training batch as trained on: {shown} images, captioned with class and label "
+          f"like `jit-ffcv show`) and {out / 'summary.json'}")
     return 0

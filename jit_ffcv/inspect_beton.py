@@ -136,7 +136,8 @@ def info_main(args: argparse.Namespace) -> int:
     print(f"classes:      {meta.num_classes} ({', '.join(meta.classes[:3])}{', ...' if meta.num_classes > 3 else ''})")
     print(f"per class:    {class_counts(reader, meta.classes).line()}")
     kib_per_image = meta.size_bytes / max(meta.num_samples, 1) / 1024
-    print(f"size:         {meta.size_bytes / 2**20:.1f} MiB ({kib_per_image:.1f} KiB/image)")
+    print(f"size:         {meta.size_bytes / 2**20:.1f} MiB ({kib_per_image:.1f} KiB/image of file, pages and tables "
+          f"included; `write` reports the payload mean, on the next line)")
     print(f"bytes/image:  {_bytes_line(reader)}")
     print(f"crop:         {meta.crop}   source: {meta.source}")
     print(f"written:      {meta.seconds:.1f} s, {meta.images_per_second:.0f} img/s, {meta.num_workers} workers, "
@@ -190,10 +191,10 @@ def pick_ids(num_samples: int, n: int, seed: int, indices: Sequence[int] | None 
 
 def load_samples(beton: str | Path, ids: np.ndarray, meta: BetonMetadata) -> list[Sample]:
     """Decode samples ``ids`` in one batch of a :class:`JiTLoader` with the val decoder (no flip)."""
-    from writers.ffcv_api import IntDecoder
     from jit_ffcv.loader import JiTLoader
     from jit_ffcv.ops import FlipDecoder
     from jit_ffcv.traversal import SequentialOrder
+    from writers.ffcv_api import IntDecoder
 
     has_index = "index" in _reader(beton).handlers
     loader = JiTLoader(
@@ -264,8 +265,9 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, width: int, font: ImageFont.Image
     return text + "..."
 
 
-def render_grid(samples: Sequence[Sample]) -> tuple[Image.Image, GridLayout]:
-    """Paste the images unchanged, each with its caption (Pillow's default font) below it."""
+def render_grid(samples: Sequence[Sample],
+                captions: Sequence[tuple[str, str]] | None = None) -> tuple[Image.Image, GridLayout]:
+    """Paste the images unchanged, each with its caption (Pillow's default font; :func:`caption` unless given)."""
     img_size = samples[0].image.shape[0]
     layout = grid_layout(len(samples), img_size)
     grid = Image.new("RGB", layout.size, BACKGROUND)
@@ -275,7 +277,7 @@ def render_grid(samples: Sequence[Sample]) -> tuple[Image.Image, GridLayout]:
         x, y = layout.origin(k)
         grid.paste(Image.fromarray(sample.image), (x, y))
         left = x - (layout.cell_width - img_size) // 2 + 2
-        for line_no, text in enumerate(caption(sample)):
+        for line_no, text in enumerate(caption(sample) if captions is None else captions[k]):
             draw.text((left, y + img_size + 2 + line_no * LINE_STEP), _fit(draw, text, layout.cell_width - 4, font),
                       fill=INK, font=font)
     return grid, layout
@@ -287,6 +289,13 @@ def _check_out(out: Path) -> None:
         raise ValueError(f"--out must name a .png file, got {out}")
     if not out.parent.is_dir():
         raise ValueError(f"--out {out}: folder {out.parent} does not exist; create it or choose another --out")
+    probe = out.parent / f".{out.name}.probe"
+    try:  # before decoding anything: a folder that takes no file (read-only, /proc) fails now, in one line
+        probe.open("xb").close()
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"--out {out}: cannot create a file in {out.parent} ({exc.strerror}); "
+                         f"choose another --out") from None
 
 
 def show(beton: str | Path, out: str | Path, n: int = DEFAULT_SHOW, seed: int = 0,

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Callable
 
-from writers.ffcv_api import AllocationQuery, Compiler, Operation, State
 from jit_ffcv.kernels import chw_copy, chw_mirror, precompiled, to_chw_batch, variant
+from writers.ffcv_api import AllocationQuery, Compiler, Operation, State
 
 __all__ = ["ToCHW", "chw_copy", "chw_mirror"]
 

@@ -20,8 +20,8 @@ from jit_ffcv.epoch import DecodeThread, Decoding, Epoch
 from jit_ffcv.guards import check_devices, check_steps, check_unchanged, file_identity
 from jit_ffcv.loader_state import MAX_EPOCH, Spec, check_fields, layout_fingerprint
 from jit_ffcv.ops import EpochCell, hand_epoch
-from jit_ffcv.traversal import ShardedOrder
 from jit_ffcv.resume import ResumeTracker
+from jit_ffcv.traversal import ShardedOrder
 from writers.ffcv_api import AllocationQuery, Compiler, Loader
 from writers.metadata import read_metadata
 

@@ -18,7 +18,6 @@ from typing import Any, Final
 import numpy as np
 
 from jit_ffcv.order import samples_per_rank
-
 from jit_ffcv.traversal import ShardedOrder
 
 __all__ = ["FORMAT", "VERSION", "MAX_EPOCH", "MAX_WORLD", "Segment", "Spec", "check_fields", "check_state",

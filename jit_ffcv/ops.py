@@ -33,10 +33,10 @@ import torch
 from numba import njit, types
 from numba.extending import intrinsic
 
-from writers.ffcv_api import AllocationQuery, Compiler, Operation, SimpleRGBImageDecoder, State
 from jit_ffcv.jpeg import decode_flags, raise_on_failure
 from jit_ffcv.kernels import decode_batch, flip_decision, mirror_copy, mirror_inplace, precompiled, variant
 from jit_ffcv.layout import ToCHW
+from writers.ffcv_api import AllocationQuery, Compiler, Operation, SimpleRGBImageDecoder, State
 
 __all__ = ["JPG_MODE", "EpochCell", "FlipDecoder", "SeededHorizontalFlip", "ToUnitRange", "check_prob", "flip_decision",
            "flip_mask", "hand_epoch", "mirror_copy", "mirror_inplace", "nchw_ops", "read_int64"]

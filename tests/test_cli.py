@@ -104,7 +104,7 @@ def test_existing_beton_needs_force(synthetic: SyntheticFolder, tmp_path: Path, 
     before = out.read_bytes()
     code, _, err = run(write_args(synthetic.root, out, "--limit", "5"), capsys)
     assert code == 1 and one_error_line(err) == (
-        f"jit-ffcv: error: {out} already exists; pass --force (force=True) to overwrite it, or choose another output")
+        f"jit-ffcv: error: {out} already exists; pass --force to overwrite it, or choose another output")
     assert out.read_bytes() == before
     assert run(write_args(synthetic.root, out, "--limit", "5", "--force"), capsys)[0] == 0
     assert run(["info", str(out)], capsys)[1].splitlines()[1] == "samples:      5 (metadata: 5)"
@@ -187,7 +187,7 @@ def test_existing_split_is_refused_before_any_work(tmp_path: Path, capsys: pytes
     code, _, err = run(argv, capsys)
     train = s.root / "ffcv" / "train_32_raw.beton"
     assert code == 1 and one_error_line(err) == (
-        f"jit-ffcv: error: {train} already exists; pass --force (force=True) to overwrite it, or choose another "
+        f"jit-ffcv: error: {train} already exists; pass --force to overwrite it, or choose another "
         f"output; or pass --split val to write only the missing split")
     assert tree(s.root / "ffcv") == before  # val was not written either
     assert run([*argv, "--split", "val"], capsys)[0] == 0
@@ -214,6 +214,8 @@ def test_dry_run_counts_exactly_and_writes_nothing(synthetic: SyntheticFolder, t
     assert lines[10:13] == ["  ignored (not an image extension): 0", "  skipped (unreadable): 0",
                             "  samples: 4  (exact: every file was cropped and encoded)"]
     assert lines[-1] == "dry run: nothing was written"
+    times = [line for line in lines if line.startswith("  write time: ")]
+    assert len(times) == 2 and all("start-up (FFCV's import as timed here, the file's checksum) + " in t for t in times)
     sizes = [int(line.split()[1].replace(",", "")) for line in lines if line.startswith("  size: ")]
     assert run(argv[:-1], capsys)[0] == 0  # the real write: raw sizes are exact arithmetic
     assert sizes == [train.stat().st_size, val.stat().st_size]
@@ -239,3 +241,128 @@ def test_dry_run_sample_must_be_positive(synthetic: SyntheticFolder, tmp_path: P
     assert code == 1 and one_error_line(err) == (
         "jit-ffcv: error: sample must be >= 1, got 0 (files cropped per split for --dry-run's estimates)")
     assert list(tmp_path.iterdir()) == []
+
+
+def _no_image_may_be_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    import writers.beton
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an image was read before every split's layout was checked")
+
+    monkeypatch.setattr(writers.beton, "encoded_in_order", refuse)
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("extra val class", "val has class folders that the train split lacks: ['n99999999']"),
+    ("empty val", "Couldn't find any class folder in"),
+    ("empty val class", "Found no valid file in"),
+])
+def test_a_bad_val_layout_fails_before_train_is_written(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch, breakage: str,
+                                                         message: str) -> None:
+    """Unfixed, train was written in full (9 min of ImageNet) before val's layout was checked."""
+    import shutil
+
+    s = make_image_folder(tmp_path / "d", num_classes=2, per_class=2, broken=False, val=True)
+    val = s.root / "val"
+    if breakage == "extra val class":
+        (val / "n99999999").mkdir()
+        shutil.copy(next((val / s.val_classes[0]).iterdir()), val / "n99999999" / "x.JPEG")
+    elif breakage == "empty val":
+        shutil.rmtree(val)
+        val.mkdir()
+    else:
+        for f in (val / s.val_classes[0]).iterdir():
+            f.unlink()
+    _no_image_may_be_read(monkeypatch)
+    code, _, err = run(["write", "--data-path", str(s.root), "--img-size", "32", "--mode", "raw", "--num-workers", "0"],
+                       capsys)
+    assert code == 1 and message in one_error_line(err)
+    assert not (s.root / "ffcv").exists()  # nothing written, no output folder
+
+
+def test_a_mistyped_data_path_creates_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Unfixed, DATA/ffcv/ was created under the mistyped path before 'Dataset folder not found'."""
+    from writers.beton import write_split
+    from writers.folder import DatasetLayoutError
+
+    typo = tmp_path / "imagenet-typo"
+    code, _, err = run(["write", "--data-path", str(typo), "--img-size", "32"], capsys)
+    assert code == 1 and f"Dataset folder not found: {typo / 'train'}" in one_error_line(err)
+    with pytest.raises(DatasetLayoutError, match="Dataset folder not found"):
+        write_split(typo, "train", typo / "ffcv" / "train.beton", img_size=32, mode="raw", num_workers=0)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("cpus, expected, note", [
+    (8, 2, "--num-workers 64: using 2 (20 images make 2 chunk(s) of 16)"),
+    (1, 1, "--num-workers 64: using 1 (the CPUs this process may use)"),
+])
+def test_num_workers_is_capped_at_the_cpus_and_the_work(synthetic: SyntheticFolder, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture, cpus: int, expected: int,
+                                                         note: str) -> None:
+    """Unfixed, --num-workers 64 started 64 processes for 20 images."""
+    import logging
+
+    import writers.cli
+    from writers.metadata import read_metadata
+
+    monkeypatch.setattr(writers.cli, "usable_cpus", lambda: cpus)
+    out = tmp_path / "x.beton"
+    with caplog.at_level(logging.INFO, "jit_ffcv.writer"):
+        code, _, _ = run(["write", "--data-path", str(synthetic.root), "--img-size", "32", "--mode", "raw",
+                          "--num-workers", "64", "--limit", "20", "--out", str(out)], capsys)
+    assert code == 0 and read_metadata(out).num_workers == expected
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("--num-workers")] == [note]
+
+
+def test_write_help_shows_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["write", "--help"], capsys)
+    text = " ".join(out.split())
+    assert code == 0
+    for option, default in [("crop size, 32 to 4096 (1672 in raw mode)", "256"), ("raw RGB pixels", "jpg"),
+                            ("JPEG quality (jpg mode)", "90"), ("(mixes classes)", "0")]:
+        assert f"{option} (default: {default})" in text
+
+
+def test_show_out_that_cannot_be_created_fails_before_decoding(raw_beton: Path, capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unfixed, /proc/x.png failed with a raw '[Errno 2]' after every sample was decoded."""
+    import jit_ffcv.inspect_beton
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("samples were decoded before --out was checked")
+
+    monkeypatch.setattr(jit_ffcv.inspect_beton, "load_samples", refuse)
+    code, _, err = run(["show", str(raw_beton), "--out", "/proc/x.png"], capsys)
+    assert code == 1
+    assert one_error_line(err).startswith("jit-ffcv: error: --out /proc/x.png: cannot create a file in /proc (")
+
+
+def test_info_says_which_bytes_per_image_it_reports(raw_beton: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["info", str(raw_beton)], capsys)
+    [size] = [line for line in out.splitlines() if line.startswith("size:")]
+    assert code == 0 and size.endswith("KiB/image of file, pages and tables included; `write` reports the payload "
+                                       "mean, on the next line)")
+
+
+def test_python_callers_are_told_force_true(synthetic: SyntheticFolder, tmp_path: Path) -> None:
+    from writers.beton import write_split
+    from writers.output import BetonExistsError
+
+    out = tmp_path / "x.beton"
+    out.write_bytes(b"")
+    with pytest.raises(BetonExistsError, match=r"already exists; pass force=True to overwrite it"):
+        write_split(synthetic.root, "train", out, img_size=32, mode="raw", num_workers=0)
+
+
+def test_training_outputs_are_ignored_by_git() -> None:
+    import subprocess
+
+    from tests.helpers.procs import ROOT
+
+    paths = ["lightning_logs/version_0/hparams.yaml", "checkpoints/last.ckpt"]
+    out = subprocess.run(["git", "check-ignore", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.split() == paths

@@ -6,7 +6,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -47,9 +46,13 @@ def test_demo_writes_trains_and_compares(tmp_path: Path, capsys: pytest.CaptureF
         f"| reference (PIL + DataLoader) | {ref['img_per_s']:,.0f} | 1.0× |",
         f"| jit-ffcv DataModule, jpg q90 | {jit['img_per_s']:,.0f} | {jit['img_per_s'] / ref['img_per_s']:,.1f}× |",
     ]
-    # the first training batch (4 images of 32 px) tiled 8 per row: the 4 empty cells are white
-    grid = np.asarray(Image.open(out / "batch.png"))
-    assert grid.shape == (32, 256, 3) and (grid[:, 128:] == 255).all() and not (grid[:, :128] == 255).all()
+    # the whole first training batch (4 images of 32 px), captioned like `jit-ffcv show`
+    from jit_ffcv.inspect_beton import grid_layout
+
+    grid = Image.open(out / "batch.png")
+    assert grid.size == grid_layout(4, 32).size
+    assert f"saved {out / 'batch.png'} (the first training batch as trained on: 4 images, captioned with class " \
+           f"and label like `jit-ffcv show`)" in text
 
 
 def test_reference_reads_the_files_the_beton_holds(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from jit_ffcv.synthetic import make_image_folder
-from tests.procs import kill_all, start, wait_for
+from tests.helpers.procs import kill_all, start, wait_for
 from writers.metadata import read_metadata, sidecar_path, verify_file
 
 WAITING = "waiting for writer"
@@ -78,7 +78,8 @@ def test_stale_lock_of_another_host_is_taken_over(tmp_path: Path, caplog: pytest
     assert 0.5 <= time.monotonic() - start_time < 30
     assert not lock_path(out).exists()
     assert [r.getMessage() for r in caplog.records] == [
-        f"waiting for writer other-node-1 to finish {out} (0 s so far)",
+        f"waiting for writer other-node-1 to finish {out} (0 s so far; taken over after 0 s without a heartbeat; "
+        f"if no writer is running, delete {lock_path(out)})",
         f"writer other-node-1 of {out} is gone without finishing; taking over",
     ]
 
@@ -112,3 +113,116 @@ def test_live_lock_of_another_host_is_respected(tmp_path: Path) -> None:
     lock_path(out).unlink()  # the holder finishes
     waiter.join(timeout=30)
     assert acquired.is_set()
+
+
+def _acquire_within(out: Path, seconds: float, **options: float) -> float:
+    """Take ``out``'s lock in a thread; fail (not hang) unless it is acquired within ``seconds``; return the wait."""
+    import threading
+
+    from writers.lock import WriteLock
+
+    acquired = threading.Event()
+    start_time = time.monotonic()
+
+    def take() -> None:
+        with WriteLock(out, **options):
+            acquired.set()
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    assert acquired.wait(seconds), f"the lock of {out} was not taken over within {seconds} s"
+    waited = time.monotonic() - start_time
+    thread.join(timeout=30)  # released
+    return waited
+
+
+def _lock_record(pid: int) -> str:
+    import socket
+
+    return json.dumps({"host": socket.gethostname(), "pid": pid, "token": "old", "started": 0})
+
+
+def test_lock_naming_this_process_is_dead(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A restarted container reuses pids: a lock naming the waiter's own pid is not a writer to wait for."""
+    import socket
+
+    from writers.lock import lock_path
+
+    out = tmp_path / "x.beton"
+    lock_path(out).write_text(_lock_record(os.getpid()))
+    with caplog.at_level(logging.WARNING, "jit_ffcv.writer"):
+        assert _acquire_within(out, 10, stale_after=600, poll=0.05) < 10
+    assert f"writer {socket.gethostname()}-{os.getpid()} of {out} is gone without finishing; taking over" in caplog.text
+    assert not lock_path(out).exists()
+
+
+def test_lock_of_a_live_unrelated_pid_on_this_host_expires_without_heartbeat(tmp_path: Path) -> None:
+    """Unfixed, a reused pid (here a live `sleep`) kept the waiter waiting forever: the heartbeat decides."""
+    import subprocess
+
+    from writers.lock import lock_path
+
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        out = tmp_path / "x.beton"
+        lock_path(out).write_text(_lock_record(sleeper.pid))
+        assert 0.5 <= _acquire_within(out, 20, stale_after=0.5, poll=0.05) < 20
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@pytest.mark.parametrize("content, what", [
+    ("", "the writer of an empty lock file (being created, or its writer died creating it)"),
+    ("{not json", "the writer of a lock file that is not a writer record ('{not json')"),
+])
+def test_a_broken_lock_says_what_is_wrong_with_it(tmp_path: Path, caplog: pytest.LogCaptureFixture, content: str,
+                                                   what: str) -> None:
+    from writers.lock import lock_path
+
+    out = tmp_path / "x.beton"
+    lock_path(out).write_text(content)
+    with caplog.at_level(logging.WARNING, "jit_ffcv.writer"):
+        _acquire_within(out, 20, stale_after=0.3, poll=0.05)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0].startswith(f"waiting for {what} to finish {out} (0 s so far;")
+    assert messages[0].endswith(f"if no writer is running, delete {lock_path(out)})")
+    assert messages[-1] == f"{what} of {out} is gone without finishing; taking over"
+    assert "?-?" not in caplog.text
+
+
+def test_folder_turning_read_only_reports_the_first_cause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """The sidecar cannot be created; the cleanup cannot delete either: the error is the sidecar's, alone.
+
+    Unfixed, the lock's removal raised last, so the user saw 'Permission denied: .x.beton.lock' (four chained
+    tracebacks from Python). Simulated (tests may run as root, where chmod does not stop writes).
+    """
+    import errno
+
+    from writers.beton import write_split
+
+    data = make_image_folder(tmp_path / "d", num_classes=2, per_class=3, broken=False, val=False).root
+    out_dir = tmp_path / "out"
+    real_unlink, real_write_text = Path.unlink, Path.write_text
+
+    def denied(path: Path) -> OSError:
+        return PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    def unlink(self: Path, missing_ok: bool = False) -> None:
+        if self.parent == out_dir:
+            raise denied(self)
+        real_unlink(self, missing_ok=missing_ok)
+
+    def write_text(self: Path, *args: object, **kwargs: object) -> int:
+        if self.parent == out_dir:
+            raise denied(self)
+        return real_write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", unlink)
+    monkeypatch.setattr(Path, "write_text", write_text)
+    with caplog.at_level(logging.WARNING, "jit_ffcv.writer"), pytest.raises(PermissionError) as raised:
+        write_split(data, "train", out_dir / "x.beton", img_size=32, mode="raw", num_workers=0, progress=False)
+    assert raised.value.filename.endswith(".partial.json") and raised.value.__context__ is None
+    assert f"could not remove the lock file {out_dir / '.x.beton.lock'} (Permission denied); delete it by hand" \
+        in caplog.text

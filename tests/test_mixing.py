@@ -20,7 +20,8 @@ from jit_ffcv.mixing import (
 )
 from jit_ffcv.order import epoch_order
 from jit_ffcv.traversal import reader_sample_pages
-from writers.beton import _partial_beton, read_indices, read_payloads, write_split
+from writers.beton import read_indices, read_payloads, write_split
+from writers.beton_file import partial_beton
 from writers.folder import scan_split
 from writers.metadata import file_sha256, read_metadata, sidecar_path
 from writers.shuffle import sample_permutation
@@ -171,7 +172,7 @@ def _old_style_copy(src: Path, out: Path) -> Path:
     meta = read_metadata(src)
     payloads, labels = read_payloads(src)
     order = np.argsort(read_indices(src))
-    with _partial_beton(out, len(payloads), meta.mode, meta.quality or 90, index_field=False) as beton:
+    with partial_beton(out, len(payloads), meta.mode, meta.quality or 90, index_field=False) as beton:
         for k in order.tolist():
             beton.append(payloads[k], int(labels[k]), meta.img_size)
     data = json.loads(meta.to_json())

@@ -17,7 +17,8 @@ from jit_ffcv import bench
 from jit_ffcv.bench.scale_beton import build_scale_beton, imagenet_labels
 from jit_ffcv.order import _dense_page_ids, _stable_argsort_small, epoch_order, epoch_orders
 from jit_ffcv.synthetic import make_image_folder
-from writers.beton import _partial_beton, read_indices, read_payloads
+from writers.beton import read_indices, read_payloads
+from writers.beton_file import partial_beton
 from writers.metadata import read_metadata
 from writers.shuffle import sample_permutation
 
@@ -82,7 +83,7 @@ def test_dense_page_ids_and_small_argsort_match_numpy() -> None:
 def test_writer_keeps_no_python_object_per_sample(tmp_path: Path) -> None:
     """FFCV's allocator kept a (sample, ptr, size) tuple per sample (~150 B); the table is preallocated."""
     n, payload = 20_000, bytes(range(200))
-    with _partial_beton(tmp_path / "m.beton", n, "jpg", 90) as beton:
+    with partial_beton(tmp_path / "m.beton", n, "jpg", 90) as beton:
         for i in range(100):
             beton.append(payload, 0, 64, i)
         tracemalloc.start()

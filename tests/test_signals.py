@@ -8,15 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
-from concurrent.futures import process
 from pathlib import Path
 
 import pytest
 
 from jit_ffcv.synthetic import make_image_folder
-from tests.procs import ROOT, alive, children, is_tracker, kill_all, shm_segments, start, wait_for
+from tests.helpers.procs import ROOT, alive, children, is_tracker, kill_all, shm_segments, start, wait_for
 from writers.beton import write_split
 from writers.lifecycle import Terminated
 from writers.metadata import read_metadata, sidecar_path
@@ -105,24 +103,31 @@ def test_sigterm_cleans_up_like_ctrl_c(data: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
-def test_signal_while_the_pool_starts_reaches_the_caller(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                          signum: int, raised: type[BaseException]) -> None:
-    """A signal between the pool's fork of its workers and the start of its manager thread.
+def test_signal_while_the_workers_start_reaches_the_caller(data: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch, signum: int,
+                                                            raised: type[BaseException]) -> None:
+    """A signal between the fork of the first worker and the second: held until both are forked, then raised.
 
-    Unheld, it interrupted the pool's start, whose shutdown then raised 'cannot join thread
-    before it is started' in place of the Ctrl-C / SIGTERM (seen once in a loaded CI run).
+    The workers it started are killed and reaped, and nothing of the write is left.
     """
-    start_thread = process._ExecutorManagerThread.start
+    import writers.pool
 
-    def signal_then_start(thread: threading.Thread) -> None:
-        os.kill(os.getpid(), signum)  # the workers are forked, the manager thread not yet started
-        start_thread(thread)
+    fork_worker = writers.pool._fork_worker
+    forked: list[int] = []
 
-    monkeypatch.setattr(process._ExecutorManagerThread, "start", signal_then_start)
-    monkeypatch.setattr(os, "kill", _no_self_sigterm(os.kill))  # Terminated re-raises SIGTERM at the end
+    def fork_then_signal(*args: object) -> object:
+        worker = fork_worker(*args)
+        forked.append(worker.pid)
+        if len(forked) == 1:
+            os.kill(os.getpid(), signum)  # one worker forked, the other not yet
+        return worker
+
+    monkeypatch.setattr(writers.pool, "_fork_worker", fork_then_signal)
+    monkeypatch.setattr(os, "kill", _no_self_sigterm(os.kill))  # the guard re-raises SIGTERM at the end
     out = tmp_path / "out" / "train.beton"
     with pytest.raises(raised):
         write_split(data, "train", out, img_size=32, mode="raw", num_workers=2, progress=False)
+    assert len(forked) == 2 and not any(alive(pid) for pid in forked)
     assert os.listdir(out.parent) == []  # no beton, sidecar, partial or lock
 
 
@@ -132,7 +137,7 @@ def _no_self_sigterm(kill: Callable[[int, int], None]) -> Callable[[int, int], N
 
     def wrapped(pid: int, signum: int) -> None:
         if pid == os.getpid() and signum == signal.SIGTERM and sent:
-            return  # sigterm_raises re-delivers SIGTERM to die of it: not in a test process
+            return  # signals_guarded re-delivers SIGTERM to die of it: not in a test process
         sent.append(signum)
         kill(pid, signum)
 

@@ -268,7 +268,7 @@ def test_out_naming_a_directory_fails_before_any_work(synthetic: SyntheticFolder
     def no_work(*args: object, **kwargs: object) -> None:
         raise AssertionError("images were processed before the output path was checked")
 
-    monkeypatch.setattr(writers.beton, "_encoded_in_order", no_work)
+    monkeypatch.setattr(writers.beton, "encoded_in_order", no_work)
     (tmp_path / "out.beton").mkdir()
     with pytest.raises(ValueError, match=f"output {tmp_path / 'out.beton'} is a directory"):
         write_split(synthetic.root, "train", tmp_path / "out.beton", img_size=32, mode="raw", num_workers=0,
@@ -296,7 +296,7 @@ def test_finished_beton_is_not_overwritten_without_force(synthetic: SyntheticFol
     args = {"img_size": 32, "mode": "raw", "num_workers": 0, "progress": False}
     write_split(synthetic.root, "train", out, limit=3, **args)
     before = out.read_bytes(), sidecar_path(out).read_text()
-    with pytest.raises(ValueError, match="already exists; pass --force"):
+    with pytest.raises(ValueError, match="already exists; pass force=True to overwrite it"):
         write_split(synthetic.root, "train", out, limit=5, **args)
     assert (out.read_bytes(), sidecar_path(out).read_text()) == before
     assert write_split(synthetic.root, "train", out, limit=5, force=True, **args).num_samples == 5
@@ -394,3 +394,20 @@ def test_sidecar_records_a_partial_write(synthetic: SyntheticFolder, tmp_path: P
                         progress=False, limit=23)
     assert (part.limit, part.num_samples, whole.limit, whole.num_samples) == (7, 6, None, 20)
     assert read_metadata(tmp_path / "p.beton").limit == 7
+
+
+def test_skipped_files_are_logged_with_their_reasons(synthetic: SyntheticFolder, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """prepare_data's path (write_split) reports them too; unfixed, only `jit-ffcv info` showed them."""
+    import logging
+
+    out = tmp_path / "x.beton"
+    with caplog.at_level(logging.WARNING, "jit_ffcv.writer"):
+        meta = write_split(synthetic.root, "train", out, img_size=32, mode="raw", num_workers=0, progress=False)
+    [record] = [r for r in caplog.records if "unreadable" in r.getMessage()]
+    lines = record.getMessage().splitlines()
+    assert record.levelno == logging.WARNING and record.name == "jit_ffcv.writer"
+    assert lines[0] == f"skipped {len(synthetic.broken)} unreadable file(s) of train, all listed in {out}.json:"
+    assert sorted(lines[1:]) == sorted(f"  {s['path']}: {s['error']}" for s in meta.skipped)
+    assert sorted(s["path"] for s in meta.skipped) == synthetic.broken
+    assert not any("<_io." in s["error"] for s in meta.skipped)  # Pillow's name for an anonymous file object

@@ -12,22 +12,20 @@ size is exact arithmetic from the count of good files (FFCV's page layout).
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import stat
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from writers.beton import PAGE_SIZE
-from writers.encode import encode_file
+from writers.encode import UNIDENTIFIED, encode_file
 from writers.folder import FolderScan
-from writers.lifecycle import worker_init
+from writers.options import PAGE_SIZE
+from writers.pool import ordered_results
 
 #: Files cropped and encoded per split by default to estimate size and time.
 DEFAULT_SAMPLE = 100
@@ -52,6 +50,7 @@ class SplitPlan:
     size_bytes: int = 0
     exact: bool = False  # the sample covered every file that passed the header check
     write_seconds: float = 0.0  # with ``num_workers`` processes, assuming linear scaling
+    startup_seconds: float = 0.0  # importing FFCV (timed here, or as it was in this process) and hashing the file
 
 
 def header_error(path: str) -> str | None:
@@ -66,6 +65,8 @@ def header_error(path: str) -> str | None:
         try:
             with Image.open(f) as img:
                 width, height = img.size
+        except UnidentifiedImageError:
+            return f"UnidentifiedImageError: {UNIDENTIFIED}"
         except Exception as exc:  # noqa: BLE001 - whatever Pillow raises, the writer would skip the file
             return f"{type(exc).__name__}: {exc}"
     return None if width > 0 and height > 0 else f"empty image ({width}x{height})"
@@ -73,12 +74,28 @@ def header_error(path: str) -> str | None:
 
 def _header_errors(paths: Sequence[str], num_workers: int) -> list[str | None]:
     """:func:`header_error` of every path, in order, with ``num_workers`` processes (0: here)."""
-    if num_workers == 0:
-        return [header_error(p) for p in paths]
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    with ProcessPoolExecutor(max_workers=num_workers, mp_context=ctx, initializer=worker_init,
-                             initargs=(os.getpid(),)) as pool:
-        return list(pool.map(header_error, paths, chunksize=256))
+    jobs = [(paths[i : i + 256],) for i in range(0, len(paths), 256)]
+    return list(ordered_results(_header_error_chunk, jobs, num_workers))
+
+
+def _header_error_chunk(paths: Sequence[str]) -> list[str | None]:
+    """:func:`header_error` of each path (one worker's job)."""
+    return [header_error(p) for p in paths]
+
+
+#: SHA-256 of the finished beton, for the sidecar (one core, a conservative figure).
+HASH_BYTES_PER_SECOND = 400e6
+_import_seconds: list[float] = []
+
+
+def ffcv_import_seconds() -> float:
+    """Seconds this process took to import FFCV (through the door), which every write pays once at its start."""
+    if not _import_seconds:
+        start = time.perf_counter()
+        import writers.ffcv_api  # noqa: F401
+
+        _import_seconds.append(time.perf_counter() - start)
+    return _import_seconds[0]
 
 
 def beton_size(capacity: int, count: int, payload_bytes: float, mode: str, quality: int) -> int:
@@ -104,12 +121,13 @@ def plan_split(
     limit: int | None, sample: int = DEFAULT_SAMPLE, seed: int = 0,
 ) -> SplitPlan:
     """Check every file's header, crop and encode a random sample, estimate the beton; write nothing."""
+    ffcv_import_seconds()  # first: later steps import FFCV too
     samples = scan.samples[:limit] if limit is not None else scan.samples
     paths = [path for path, _ in samples]
     plan = SplitPlan(split=split, out=out, out_exists=out.exists(), images=len(paths),
                      classes=len(scan.classes), ignored=list(scan.ignored))
     errors = _header_errors(paths, num_workers)
-    plan.skipped = [(p, e) for p, e in zip(paths, errors) if e is not None]
+    plan.skipped = [(p, e) for p, e in zip(paths, errors, strict=True) if e is not None]
     readable = [i for i, e in enumerate(errors) if e is None]
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(readable, size=min(sample, len(readable)), replace=False).tolist())
@@ -132,6 +150,7 @@ def plan_split(
     plan.expected_samples = round(len(readable) * good_fraction)
     plan.size_bytes = beton_size(len(paths), plan.expected_samples, plan.payload_bytes, mode, quality)
     plan.write_seconds = plan.seconds_per_image * len(paths) / max(num_workers, 1)
+    plan.startup_seconds = ffcv_import_seconds() + plan.size_bytes / HASH_BYTES_PER_SECOND
     return plan
 
 
@@ -151,7 +170,9 @@ def report(plan: SplitPlan, num_workers: int) -> str:
         f"  samples: {plan.expected_samples}  ({how})",
         f"  size: {plan.size_bytes:,} bytes = {plan.size_bytes / 2**20:,.1f} MiB "
         f"({plan.payload_bytes / 1024:.1f} KiB per image stored, in 8 MiB pages)",
-        f"  write time: {_duration(plan.write_seconds)} with {max(num_workers, 1)} worker(s) "
+        f"  write time: {_duration(plan.write_seconds + plan.startup_seconds)} with {max(num_workers, 1)} worker(s): "
+        f"{_duration(plan.startup_seconds)} start-up (FFCV's import as timed here, the file's checksum) + "
+        f"{_duration(plan.write_seconds)} of images "
         f"({plan.seconds_per_image * 1000:.1f} ms per image in one process, assuming linear scaling over workers)",
     ]
     return "\n".join(lines)

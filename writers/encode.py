@@ -9,15 +9,17 @@ from __future__ import annotations
 import io
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from writers.crop import center_crop_arr
 
 MODES: tuple[str, ...] = ("raw", "jpg")
+#: Why a file Pillow cannot identify is skipped (Pillow's own message names an anonymous file object).
+UNIDENTIFIED = "cannot identify image file (not an image format Pillow reads)"
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,10 @@ def load_rgb(path: str) -> Image.Image:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise NotARegularFileError(f"not a regular file ({_file_kind(mode)})")
-        img = Image.open(f)
+        try:
+            img = Image.open(f)
+        except UnidentifiedImageError:  # Pillow names the file object ('<_io.BufferedReader name=24>'), not the file
+            raise UnidentifiedImageError(UNIDENTIFIED) from None
         return img.convert("RGB")
 
 

@@ -28,6 +28,7 @@ import os
 import sys
 import threading
 import types
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import numba
@@ -53,7 +54,8 @@ TOUCH_POINTS: tuple[str, ...] = (
     "ffcv.traversal_order.base:TraversalOrder",  # jit_ffcv.order: our orders are FFCV traversal orders
     "ffcv.writer:DatasetWriter",  # writers: the header, allocation table and metadata layout
     "ffcv.types:ALLOC_TABLE_TYPE",  # writers: page arithmetic of the allocation table
-    "ffcv.types:get_metadata_type",  # writers.dryrun: exact file size of a raw beton
+    "ffcv.types:get_metadata_type",  # writers.dryrun: exact file size of a raw beton; columns f0, f1, ... by field
+    "ffcv.reader:Reader().field_names",  # writers.readers: field order, to find a field's metadata column by name
     "ffcv.reader:Reader().alloc_table",  # jit_ffcv.order: the page of every sample
     "ffcv.libffcv:imdecode",  # bench: FFCV's own JPEG decode (the fast IDCT), for comparison
     "ffcv.pipeline.compiler:Compiler.compile",  # compiles each op's code once per process (_compile_once)
@@ -191,13 +193,29 @@ def _os_cache_reader() -> Callable:
 
 OSCacheManager.compile_reader = lambda self: _os_cache_reader()  # type: ignore[method-assign]
 
+#: FFCV's image mode codes as a plain dict: ``IMAGE_MODES`` is a numba typed dict whose first lookup compiles
+#: for a second or more, which the writer must not do mid-write (an interrupted compile leaves llvmlite noise)
+IMAGE_MODE_CODES: dict[str, int] = {name: int(IMAGE_MODES[name]) for name in ("raw", "jpg")}
+
 #: FFCV's decoding step of one batch (``EpochIterator.run_pipeline``), used by jit_ffcv.epoch
 run_pipeline = EpochIterator.run_pipeline
 
+
+def field_column(field_names: Sequence[str], name: str) -> str:
+    """The metadata column of field ``name``: FFCV's ``get_metadata_type`` names them ``f0, f1, ...`` in field order.
+
+    ``field_names`` is ``list(DatasetWriter.fields)`` or ``Reader.field_names``; a missing field names the ones present.
+    """
+    names = list(field_names)
+    if name not in names:
+        raise KeyError(f"the beton has no field {name!r}; its fields are {names}")
+    return f"f{names.index(name)}"
+
+
 __all__ = [
-    "ALLOC_TABLE_TYPE", "FFCV_VERSION", "IMAGE_MODES", "TOUCH_POINTS", "AllocationQuery", "Compiler", "DatasetWriter",
-    "Field", "FieldDescType", "HeaderType", "IntDecoder", "IntField", "Loader", "MemoryAllocator", "Operation",
-    "OrderOption", "RGBImageField", "RandomHorizontalFlip", "Reader", "SimpleRGBImageDecoder", "Squeeze", "State",
-    "ToDevice", "ToTensor", "ToTorchImage", "TraversalOrder", "chunks", "get_metadata_type", "imdecode", "memcpy",
-    "run_pipeline",
+    "ALLOC_TABLE_TYPE", "AllocationQuery", "Compiler", "DatasetWriter", "FFCV_VERSION", "Field", "FieldDescType",
+    "HeaderType", "IMAGE_MODES", "IMAGE_MODE_CODES", "IntDecoder", "IntField", "Loader", "MemoryAllocator",
+    "Operation", "OrderOption", "RGBImageField", "RandomHorizontalFlip", "Reader", "SimpleRGBImageDecoder", "Squeeze",
+    "State", "TOUCH_POINTS", "ToDevice", "ToTensor", "ToTorchImage", "TraversalOrder", "chunks", "field_column",
+    "get_metadata_type", "imdecode", "memcpy", "run_pipeline",
 ]

@@ -10,9 +10,9 @@ expected order independently).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 #: torchvision.datasets.folder.IMG_EXTENSIONS (lower case, matched case-insensitively).
 IMG_EXTENSIONS: tuple[str, ...] = (

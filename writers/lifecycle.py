@@ -1,11 +1,19 @@
-"""Process lifecycle of a write: workers die with the writer, SIGTERM cleans up like Ctrl-C.
+"""Process lifecycle of a write: a signal becomes one exception at a safe moment, workers die with the writer.
 
-A writer killed by SIGKILL cannot clean up, but its worker processes must not outlive it
-(each holds a few hundred MiB, and ``prepare_data`` starts one per CPU): they ask the
-kernel for SIGKILL when their parent dies (``PR_SET_PDEATHSIG``, Linux). SIGTERM (a
-scheduler's ``scancel``, ``kill``) becomes an exception, so the same ``finally``/``except``
-blocks that handle Ctrl-C remove the partial file and the lock, then the process dies of
-SIGTERM as it would have.
+Within :func:`signals_guarded` (the whole of a write), the first SIGINT or SIGTERM raises
+``KeyboardInterrupt`` or :class:`Terminated` in the main thread, so the ``finally``/``except``
+blocks of the write remove the partial file, stop the workers and release the lock; later
+signals are only recorded, so nothing interrupts that cleanup. Steps a signal must not cut in
+two (forking the workers, creating the lock, publishing) run in :func:`critical`: a signal
+arriving there is held and raised when the step is done. :func:`check_signals` raises for a
+signal that was received but whose exception was swallowed (llvmlite's object-cache callback
+prints and drops exceptions raised in it: the guard re-raises those at once), so an
+interrupted write can never publish. When the guard exits, the signal is handed to the
+handler that was there before: a default SIGTERM kills the process with SIGTERM's status.
+
+Workers ignore SIGINT and SIGTERM (a Ctrl-C or a ``scancel`` reaches the whole process
+group; the writer stops its workers itself) and ask the kernel for SIGKILL when their parent
+dies (``PR_SET_PDEATHSIG``, Linux), so a writer killed by SIGKILL leaves no worker behind.
 """
 
 from __future__ import annotations
@@ -15,10 +23,14 @@ import os
 import signal
 import sys
 import threading
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+#: The signals a write turns into an exception and its workers ignore.
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Terminated(BaseException):
@@ -26,13 +38,13 @@ class Terminated(BaseException):
 
 
 def worker_init(parent_pid: int) -> None:
-    """Initializer of every writer worker: die with the parent; leave SIGINT/SIGTERM to it.
+    """First step of every writer worker: ignore SIGINT/SIGTERM, die with the parent.
 
-    The parent owns the cleanup: a worker ignores Ctrl-C (the parent stops the pool) and
-    dies at once on SIGTERM. If the parent died before ``prctl`` ran, exit now.
+    The parent owns the cleanup and stops its workers. If the parent died before ``prctl``
+    ran, exit now.
     """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for signum in SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
@@ -41,62 +53,130 @@ def worker_init(parent_pid: int) -> None:
         os._exit(1)
 
 
+def _exception(signum: int) -> BaseException:
+    """What a signal raises in the writer."""
+    if signum == signal.SIGINT:
+        return KeyboardInterrupt()
+    return Terminated("SIGTERM: writer stopped, partial output removed")
+
+
+class _Guard:
+    """The signal state of one guarded write (main thread only)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None  # the first signal
+        self.raised = False  # its exception was raised
+        self.swallowed = False  # ... and then dropped by a callback (reported through sys.unraisablehook)
+        self.in_hook = False
+        self.depth = 0  # nesting of critical()
+        self.active = True
+        self.lock = threading.Lock()
+        self.again: threading.Thread | None = None
+
+    def handler(self, signum: int, frame: object) -> None:
+        """Record the signal; raise its exception unless in a critical step or already raised."""
+        if self.received is None:
+            self.received = signum
+        if self.depth == 0 and not self.in_hook and (not self.raised or self.swallowed):
+            self.raised, self.swallowed = True, False
+            raise _exception(self.received)
+
+    def unraisable_hook(self, previous: Callable[[Any], None]) -> Callable[[Any], None]:
+        """A ``sys.unraisablehook`` that re-raises a swallowed signal exception in the main thread, silently."""
+
+        def hook(unraisable: Any) -> None:
+            if self.received is None or not isinstance(unraisable.exc_value, (KeyboardInterrupt, Terminated)):
+                previous(unraisable)
+                return
+            self.in_hook = True
+            try:
+                self.swallowed = True
+                if self.again is None:
+                    self.again = threading.Thread(target=self._again, name="jit-ffcv-signal-again", daemon=True)
+                    self.again.start()
+            finally:
+                self.in_hook = False
+
+        return hook
+
+    def _again(self) -> None:
+        """While a swallowed exception is not raised again, signal the main thread (its handler raises it)."""
+        while True:
+            time.sleep(0.02)
+            with self.lock:
+                if not self.active:
+                    return
+                if self.swallowed and self.received is not None:
+                    signal.pthread_kill(threading.main_thread().ident, self.received)  # type: ignore[arg-type]
+
+
+_guard: _Guard | None = None
+
+
 @contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated`; after cleanup it is re-delivered.
+def signals_guarded() -> Iterator[None]:
+    """Within the block, SIGINT/SIGTERM raise once, cleanup runs undisturbed, then the signal is handed on.
 
-    Only the main thread can set handlers (elsewhere this does nothing), and an ignored
-    SIGTERM stays ignored. A second SIGTERM during cleanup is ignored so cleanup finishes.
+    Only the main thread can set handlers (elsewhere this does nothing); an ignored signal stays
+    ignored; nested guards are one guard. On exit after a signal: a default SIGTERM (or SIGINT)
+    handler kills the process with that signal, a callable one is called, and the signal's
+    exception propagates (it replaces an error raised meanwhile, such as a cleanup error).
     """
-    if threading.current_thread() is not threading.main_thread():
+    global _guard
+    if threading.current_thread() is not threading.main_thread() or _guard is not None:
         yield
         return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous is None:  # set outside Python: restoring it is impossible, the default is closest
-        previous = signal.SIG_DFL
-    if previous == signal.SIG_IGN:
-        yield
-        return
-
-    def raise_terminated(signum: int, frame: object) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise Terminated("SIGTERM: writer stopped, partial output removed")
-
-    signal.signal(signal.SIGTERM, raise_terminated)
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    previous = {s: signal.SIG_DFL if h is None else h for s, h in previous.items()}  # None: set outside Python
+    guard = _guard = _Guard()
+    hook = sys.unraisablehook
+    sys.unraisablehook = guard.unraisable_hook(hook)
+    for signum, handler in previous.items():
+        if handler != signal.SIG_IGN:
+            signal.signal(signum, guard.handler)
     try:
         yield
-    except Terminated:
-        signal.signal(signal.SIGTERM, previous)
-        if callable(previous):
-            previous(signal.SIGTERM, None)
-        else:  # SIG_DFL: die of SIGTERM, as without this handler
-            os.kill(os.getpid(), signal.SIGTERM)
-        raise
+        guard.depth += 1  # the block is done: a signal from here on is handed on below, not raised twice
     finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-@contextmanager
-def signals_deferred(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
-    """Within the block, SIGINT and SIGTERM are held; they are delivered right after it.
-
-    For a step a signal must not cut in two: a process pool's first ``submit`` forks its
-    workers, then starts its manager thread, and interrupted between the two the pool can no
-    longer shut down (``cannot join thread before it is started``, which would replace the
-    Ctrl-C or SIGTERM). Only the main thread can hold signals (elsewhere this does nothing).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous = {s: signal.getsignal(s) for s in signums}
-    previous = {s: h for s, h in previous.items() if h not in (None, signal.SIG_IGN)}
-    for signum in previous:
-        signal.signal(signum, lambda received, frame: held.append(received))
-    try:
-        yield
-    finally:
+        with guard.lock:
+            guard.active = False
+        _guard = None
+        sys.unraisablehook = hook
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-        for signum in held:
-            signal.raise_signal(signum)  # now handled as usual: KeyboardInterrupt, Terminated, or death
+        if guard.received is not None:
+            _hand_on(guard.received, previous[guard.received])
+
+
+def _hand_on(signum: int, previous: Any) -> None:
+    """After cleanup: treat the signal as the handler before the guard would have, then raise its exception."""
+    if previous == signal.SIG_DFL:
+        os.kill(os.getpid(), signum)  # die of it, as without the guard
+    elif callable(previous) and previous is not signal.default_int_handler:
+        previous(signum, None)
+    current = sys.exc_info()[1]
+    if not isinstance(current, (KeyboardInterrupt, Terminated)):
+        raise _exception(signum) from current
+
+
+def check_signals() -> None:
+    """Raise the exception of a signal received during this write (a safe point: e.g. before publishing)."""
+    guard = _guard
+    if guard is not None and guard.received is not None and guard.depth == 0:
+        guard.raised = True
+        raise _exception(guard.received)
+
+
+@contextmanager
+def critical() -> Iterator[None]:
+    """A step a signal must not cut in two: a signal arriving within is raised right after it (if it succeeds)."""
+    guard = _guard
+    if guard is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    guard.depth += 1
+    try:
+        yield
+    finally:
+        guard.depth -= 1
+    check_signals()

@@ -22,7 +22,8 @@ import time
 import uuid
 from pathlib import Path
 
-from writers.output import pid_alive
+from writers.lifecycle import critical
+from writers.output import pid_alive, remove_quietly
 
 log = logging.getLogger("jit_ffcv.writer")
 
@@ -56,7 +57,11 @@ class WriteLock:
 
     # ------------------------------------------------------------------ acquire / release
     def __enter__(self) -> WriteLock:
-        self.acquire()
+        try:
+            self.acquire()
+        except BaseException:  # a signal right after the lock was created: it must not stay behind
+            self.release()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -67,7 +72,7 @@ class WriteLock:
         start = last_log = time.monotonic()
         seen: tuple[str, float] | None = None  # (content, mtime) of the holder's lock as last seen
         seen_changed = start
-        while not self._try_create():
+        while not self._create():
             state = self._read()
             now = time.monotonic()
             if state is None:  # released between our attempt and this read: try again at once
@@ -77,27 +82,37 @@ class WriteLock:
                 seen, seen_changed = state, now
             holder = _parse(text)
             if self._dead(holder, now - seen_changed):
-                log.warning("writer %s of %s is gone without finishing; taking over", _who(holder), self.out)
-                self._break(text)
+                log.warning("%s of %s is gone without finishing; taking over", _who(holder, text), self.out)
+                with critical():
+                    self._break(text)
                 continue
             if not self.waited or now - last_log >= self.progress_every:
-                log.warning("waiting for writer %s to finish %s (%.0f s so far)", _who(holder), self.out, now - start)
+                log.warning("waiting for %s to finish %s (%.0f s so far; taken over after %.0f s without a heartbeat; "
+                            "if no writer is running, delete %s)", _who(holder, text), self.out, now - start,
+                            self.stale_after, self.path)
                 last_log = now
             self.waited = True
             time.sleep(self.poll)
-        self._beat = threading.Thread(target=self._touch, name="jit-ffcv-lock-heartbeat", daemon=True)
-        self._beat.start()
+        with critical():
+            self._beat = threading.Thread(target=self._touch, name="jit-ffcv-lock-heartbeat", daemon=True)
+            self._beat.start()
 
     def release(self) -> None:
-        """Stop the heartbeat and remove the lock file if it is still ours."""
-        self._stop.set()
-        if self._beat is not None:
-            self._beat.join()
-        state = self._read()
-        if state is not None and _parse(state[0]).get("token") == self.token:
-            self.path.unlink(missing_ok=True)
+        """Stop the heartbeat and remove the lock file if still ours (a failure is logged: it never masks another)."""
+        with critical():  # also on success: a signal must not stop it half-way and leave the lock behind
+            self._stop.set()
+            if self._beat is not None:
+                self._beat.join()
+            state = self._read()
+            if state is not None and _parse(state[0]).get("token") == self.token:
+                remove_quietly(self.path, "lock file")
 
     # ------------------------------------------------------------------ helpers
+    def _create(self) -> bool:
+        """:meth:`_try_create` as one step: a signal cannot leave an empty lock file."""
+        with critical():
+            return self._try_create()
+
     def _try_create(self) -> bool:
         """Create the lock file exclusively; False if it exists."""
         record = {"host": self.host, "pid": self.pid, "token": self.token, "started": time.time()}
@@ -114,18 +129,29 @@ class WriteLock:
         return True
 
     def _read(self) -> tuple[str, float] | None:
-        """(content, mtime) of the lock file, or None if there is none."""
+        """(content, mtime) of the lock file, or None if there is none; an unreadable one reads as ``<...>``."""
         try:
             with open(self.path) as f:
                 return f.read(), os.fstat(f.fileno()).st_mtime
         except FileNotFoundError:
             return None
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not text"
+            try:
+                return f"<unreadable: {why}>", self.path.stat().st_mtime
+            except FileNotFoundError:
+                return None
 
     def _dead(self, holder: dict, unchanged_for: float) -> bool:
-        """Whether the holder is gone: a dead pid on this host, else no heartbeat for ``stale_after`` s."""
+        """Whether the holder is gone: no heartbeat for ``stale_after`` s (any host), or a dead pid on this host.
+
+        A pid is only a hint: after a restart (a container keeping its hostname) it may name another
+        live process, even this one, so the heartbeat decides whenever the pid looks alive.
+        """
         if holder.get("host") == self.host and isinstance(holder.get("pid"), int):
-            return not pid_alive(holder["pid"])
-        return unchanged_for > self.stale_after  # other host, or a lock file still being written
+            if holder["pid"] == self.pid or not pid_alive(holder["pid"]):  # this process holds no lock it waits for
+                return True
+        return unchanged_for > self.stale_after
 
     def _break(self, stale_text: str) -> None:
         """Remove a dead holder's lock; if another waiter replaced it meanwhile, put that one back."""
@@ -161,5 +187,12 @@ def _parse(text: str) -> dict:
     return record if isinstance(record, dict) else {}
 
 
-def _who(holder: dict) -> str:
-    return f"{holder.get('host', '?')}-{holder.get('pid', '?')}"
+def _who(holder: dict, text: str = "") -> str:
+    """The holder as the messages name it: ``writer HOST-PID``, or what is wrong with its lock file."""
+    if "host" in holder or "pid" in holder:
+        return f"writer {holder.get('host', '?')}-{holder.get('pid', '?')}"
+    if text.startswith("<unreadable"):
+        return f"the writer of an unreadable lock file ({text[12:-1]})"
+    if not text.strip():
+        return "the writer of an empty lock file (being created, or its writer died creating it)"
+    return f"the writer of a lock file that is not a writer record ({text[:40]!r})"

@@ -55,22 +55,44 @@ def partial_files(out: Path) -> list[Path]:
     return [partial, partial.with_name(partial.name + ".json")]
 
 
-def check_output(out: Path, *, force: bool) -> None:
-    """Fail now, before any work, if ``out`` cannot become a beton; create its folder."""
+def check_output(out: Path, *, force: bool, create: bool = True, force_hint: str = "force=True") -> None:
+    """Fail now, before any work, if ``out`` cannot become a beton; create its folder (``create``: else only check).
+
+    Without ``create`` the nearest existing folder above ``out`` must be writable, so a command can
+    check all its outputs first and still create nothing when a later check fails. ``force_hint`` is
+    how the caller overwrites (``force=True`` from Python, ``--force`` on the command line).
+    """
     if out.is_dir():
         raise OutputError(f"output {out} is a directory; name a file such as {out / 'train_256_jpg90.beton'}")
     if sidecar_path(out).is_dir():
         raise OutputError(f"{sidecar_path(out)} is a directory, so the beton's sidecar cannot be written; remove it")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create the output folder {out.parent}: {exc.strerror}; choose another output") from exc
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write in {out.parent} (read-only?); choose another output")
+    folder = out.parent
+    if create:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create the output folder {folder}: {exc.strerror}; "
+                              f"choose another output") from exc
+    else:
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise OutputError(f"cannot create the output folder {out.parent}: {folder} is not a folder; "
+                              f"choose another output")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write in {folder} (read-only?); choose another output")
     if out.exists() and not force:
         raise BetonExistsError(
-            f"{out} already exists; pass --force (force=True) to overwrite it, or choose another output"
+            f"{out} already exists; pass {force_hint} to overwrite it, or choose another output"
         )
+
+
+def remove_quietly(path: Path, what: str = "file") -> None:
+    """Delete ``path`` during cleanup; a failure (a folder turned read-only) is logged, so it never hides the cause."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not remove the %s %s (%s); delete it by hand", what, path, exc.strerror)
 
 
 def pid_alive(pid: int) -> bool:

@@ -16,8 +16,8 @@ import tempfile
 import time
 from typing import Any, TextIO
 
-from jit_ffcv.bench.spawn import child_env, command, parse
 from jit_ffcv.bench.memory import own_peak_mib
+from jit_ffcv.bench.spawn import child_env, command, parse
 
 READY, GO = "READY ", "GO "
 

@@ -16,10 +16,10 @@ def pages_report(beton: Path | None, worlds: Sequence[int] = (1, 2, 8), seed: in
     Uses the page of every sample in ``beton`` if given, and a simulated ImageNet-1k
     train beton (1,281,167 samples, 380 per 8 MiB page, about 22 KiB each at 256 q90).
     """
-    from writers.ffcv_api import Reader
-    from jit_ffcv.order import epoch_order
     from jit_ffcv.locality import max_open_pages, pages_touched
+    from jit_ffcv.order import epoch_order
     from jit_ffcv.traversal import reader_sample_pages
+    from writers.ffcv_api import Reader
 
     layouts: list[tuple[str, np.ndarray]] = []
     if beton is not None:

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from jit_ffcv.bench.spawn import spawn
 from jit_ffcv.bench.data import mode_quality
 from jit_ffcv.bench.measure import time_epochs
 from jit_ffcv.bench.memory import PeakRSS
+from jit_ffcv.bench.spawn import spawn
 
 
 @dataclass(frozen=True)

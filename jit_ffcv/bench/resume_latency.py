@@ -13,8 +13,8 @@ import numpy as np
 
 from jit_ffcv.imagenet import SAMPLES_PER_PAGE
 from jit_ffcv.order import samples_per_rank
-from jit_ffcv.traversal import QuasiRandomOrder
 from jit_ffcv.resume import Position, ResumeTracker, Spec
+from jit_ffcv.traversal import QuasiRandomOrder
 
 __all__ = ["imagenet_order", "resume_latency"]
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from jit_ffcv.bench.spawn import spawn
 from jit_ffcv.bench.scale_beton import BATCH_SIZE, scale_datamodule, source_beton
+from jit_ffcv.bench.spawn import spawn
 from jit_ffcv.imagenet import TRAIN_SAMPLES as IMAGENET_TRAIN
 
 WORLDS: tuple[int, ...] = (1, 8, 64)
@@ -64,8 +64,8 @@ def resume_seconds(beton: Path, world: int, new_world: int, workers: int) -> flo
 
 def pages_rows(pages: np.ndarray, worlds: Sequence[int]) -> list[tuple[int, int, int, int]]:
     """(W, pages in file, quasi-random pages per rank (max), max open pages) for each W."""
-    from jit_ffcv.order import epoch_orders
     from jit_ffcv.locality import max_open_pages, pages_touched
+    from jit_ffcv.order import epoch_orders
 
     indices, total, rows = np.arange(len(pages)), len(np.unique(pages)), []
     for w in worlds:
@@ -87,9 +87,9 @@ class Row:
 
 def measure(beton: Path, small: Path | None, src: Path, args: argparse.Namespace) -> list[Row]:
     """Build (unless cached) and measure; returns the table rows."""
-    from writers.ffcv_api import Reader
     from jit_ffcv.order import epoch_order
     from jit_ffcv.traversal import reader_sample_pages
+    from writers.ffcv_api import Reader
 
     rows: list[Row] = []
     peaks: dict[int, float] = {}

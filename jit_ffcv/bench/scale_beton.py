@@ -36,8 +36,10 @@ def build_scale_beton(src: Path, out: Path, num_samples: int, seed: int = 0) -> 
     payload is ``src``'s sample ``perm[p] % len(src)``. No decoding: pages are filled by memory copies
     and written 8 MiB at a time. Returns the published sidecar's metadata.
     """
-    from writers.beton import _partial_beton, _publish, read_payloads
+    from writers.beton_file import partial_beton
     from writers.metadata import BetonMetadata, file_sha256, read_metadata
+    from writers.publish import publish
+    from writers.readers import read_payloads
     from writers.shuffle import sample_permutation
 
     if num_samples < 1:
@@ -47,7 +49,7 @@ def build_scale_beton(src: Path, out: Path, num_samples: int, seed: int = 0) -> 
     labels = imagenet_labels(num_samples)
     perm = sample_permutation(num_samples, seed)
     start = time.perf_counter()
-    with _partial_beton(out, num_samples, src_meta.mode, src_meta.quality or 90) as beton:
+    with partial_beton(out, num_samples, src_meta.mode, src_meta.quality or 90) as beton:
         for chunk in np.array_split(perm, max(1, num_samples // 65536)):  # no N-long Python list
             for index, label in zip(chunk.tolist(), labels[chunk].tolist(), strict=True):
                 beton.append(payloads[index % len(payloads)], label, src_meta.img_size, index)
@@ -62,7 +64,7 @@ def build_scale_beton(src: Path, out: Path, num_samples: int, seed: int = 0) -> 
         seconds=seconds, images_per_second=beton.count / max(seconds, 1e-9), num_workers=1,
         writer_version=src_meta.writer_version, sample_order="shuffled", shuffle_seed=seed,
     )
-    _publish(partial, out, meta)
+    publish(partial, out, meta)
     return meta
 
 
