@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from writers.beton import write_split
+from writers.beton import scan_splits, write_split
 from writers.cpus import usable_cpus
 from writers.ffcv_api import Reader
 from writers.find import Search, Wanted, find_betons
@@ -66,7 +66,12 @@ class Betons:
         return ["train"] + (["val"] if has_val else [])
 
     def write_missing(self, write_workers: int | None) -> None:
-        """Write every split's beton that does not exist yet (what ``prepare_data`` does)."""
+        """Write every split's beton that does not exist yet (what ``prepare_data`` does).
+
+        Every missing split's folder and layout (val's classes against train's) is checked before the first
+        image of any split is read: a bad ``val/`` fails in seconds, not after train has been written.
+        """
+        missing: dict[str, tuple[Path, Search | None]] = {}
         for split in self.splits():
             path, search = self.locate(split)
             if path.exists():
@@ -80,11 +85,17 @@ class Betons:
                     f"{path} does not exist and there is no {self.data_path / split} to write it from; "
                     f"set data_path to the dataset root or {split}_beton to an existing beton{others}"
                 )
+            missing[split] = path, search
+        if not missing:
+            return
+        scans = scan_splits(self.data_path, list(missing))
+        workers = min(write_workers, usable_cpus()) if write_workers is not None else usable_cpus()
+        for split, (path, search) in missing.items():
             if search is not None and search.rejected:
                 log.warning("writing %s: none of the betons in %s matches split=%s (%s)",
                             path, self.beton_dir, split, search.explain())
-            write_split(self.data_path, split, path, img_size=self.img_size, mode=self.mode, quality=self.quality,
-                        num_workers=write_workers if write_workers is not None else usable_cpus(), progress=True)
+            write_split(self.data_path, split, path, scan=scans[split], img_size=self.img_size, mode=self.mode,
+                        quality=self.quality, num_workers=workers, progress=True)
 
     def open(self, split: str, train_classes: list[str] | None = None) -> tuple[Path, BetonMetadata]:
         """``split``'s beton and its checked metadata; refuses betons written with other settings or classes."""

@@ -658,3 +658,34 @@ def test_two_matching_custom_betons_are_an_error(custom: tuple[Path, Path]) -> N
             r"pass train_beton= to choose one \(or delete the others\)$")):
         dm.prepare_data()
     assert sorted(p.name for p in folder.glob("*.beton")) == ["copy.beton", "mine.beton"]
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("extra val class", r"val has class folders that the train split lacks: \['n99999999'\]"),
+    ("empty val class", "Found no valid file in"),
+])
+def test_prepare_data_checks_val_before_writing_train(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      breakage: str, message: str) -> None:
+    """Unfixed, prepare_data wrote train in full before val's layout failed (JiT's path: main_jit.py, Lightning)."""
+    import shutil
+
+    import writers.beton
+    from jit_ffcv.synthetic import make_image_folder
+
+    s = make_image_folder(tmp_path / "d", num_classes=2, per_class=2, broken=False, val=True)
+    val = s.root / "val"
+    if breakage == "extra val class":
+        (val / "n99999999").mkdir()
+        shutil.copy(next((val / s.val_classes[0]).iterdir()), val / "n99999999" / "x.JPEG")
+    else:
+        for f in (val / s.val_classes[0]).iterdir():
+            f.unlink()
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an image was read before every split's layout was checked")
+
+    monkeypatch.setattr(writers.beton, "encoded_in_order", refuse)
+    dm = JiTDataModule(str(s.root), img_size=32, mode="raw", write_workers=0)
+    with pytest.raises(Exception, match=message):
+        dm.prepare_data()
+    assert not (s.root / "ffcv").exists() or list((s.root / "ffcv").glob("*.beton")) == []
