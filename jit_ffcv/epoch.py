@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from queue import Empty, Full, Queue
 from threading import Event, Thread
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -111,6 +112,7 @@ class DecodeThread(Thread):
         self._jobs.put(None)
 
     def run(self) -> None:
+        """Run submitted epochs one after another until :meth:`stop` (or the owner is collected)."""
         while (epoch := self._jobs.get()) is not None:
             self.busy.set()
             try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-from typing import Sequence
+from collections.abc import Sequence
 
 import llvmlite.binding as llvm
 import numpy as np

@@ -18,8 +18,8 @@ compiles in, so editing any of them recompiles the kernels.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numba
 import numpy as np

@@ -12,8 +12,8 @@ stand-alone op :class:`ToCHW` after custom HWC ops.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 from jit_ffcv.kernels import chw_copy, chw_mirror, precompiled, to_chw_batch, variant
 from writers.ffcv_api import AllocationQuery, Compiler, Operation, State
@@ -28,6 +28,7 @@ class ToCHW(Operation):
     """
 
     def generate_code(self) -> Callable:
+        """The batch transpose, a kernel compiled once per process."""
         kernel = variant(to_chw_batch, Compiler.num_threads)  # compiled once per process (jit_ffcv.kernels)
 
         @precompiled
@@ -38,6 +39,7 @@ class ToCHW(Operation):
         return to_chw
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        """3xHxW output of the same dtype; refuses anything but HxWx3 input."""
         if previous_state.shape is None or len(previous_state.shape) != 3 or previous_state.shape[2] != 3:
             raise ValueError(f"ToCHW expects HxWx3 images, got shape {previous_state.shape}")
         height, width, channels = previous_state.shape

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import copy
 import numbers
+from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numba
 import numpy as np
@@ -178,6 +179,7 @@ class FlipDecoder(SimpleRGBImageDecoder):
         return replace(state, shape=shape), (hwc, AllocationQuery(shape, state.dtype))
 
     def generate_code(self) -> Callable:
+        """A call into the decode kernel compiled once per process, with this op's options as arguments."""
         kernel = variant(decode_batch, Compiler.num_threads)
         _epoch_cell(self)  # no epoch to read: say so now, not at the first batch
         seed, prob, flags, chw = np.int64(self.seed), np.float64(self.flip_prob), np.int32(self.jpeg_flags), self.chw
@@ -223,6 +225,7 @@ class SeededHorizontalFlip(Operation):
         self.flip_prob, self.seed, self.epoch_cell = _check_common(flip_prob, seed, epoch_cell)
 
     def generate_code(self) -> Callable:
+        """The in-place flip FFCV compiles (the template for custom ops)."""
         my_range = Compiler.get_iterator()
         seed, prob, address = self.seed, self.flip_prob, _epoch_cell(self).address
 
@@ -238,6 +241,7 @@ class SeededHorizontalFlip(Operation):
         return flip
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery | None]:
+        """In place: the state stays, no buffer; refuses anything but HWC images."""
         if previous_state.shape is None or len(previous_state.shape) != 3:
             raise ValueError("SeededHorizontalFlip expects HWC images: put it right after the image decoder")
         return replace(previous_state, jit_mode=True), None
@@ -251,6 +255,8 @@ class ToUnitRange(Operation):
     """
 
     def generate_code(self) -> Callable:
+        """A torch function (runs on the tensor's device): ``x / 255 * 2 - 1`` into the float buffer."""
+
         def to_unit_range(inp, dst):  # type: ignore[no-untyped-def]
             out = torch.div(inp, 255, out=dst[: inp.shape[0]])  # uint8 -> float32 in the same pass
             return out.mul_(2).sub_(1)
@@ -258,5 +264,6 @@ class ToUnitRange(Operation):
         return to_unit_range
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery | None]:
+        """A float32 buffer of the same shape on the same device."""
         state = replace(previous_state, jit_mode=False, dtype=torch.float32)
         return state, AllocationQuery(previous_state.shape, torch.float32, previous_state.device)

@@ -33,13 +33,15 @@ def test_bench_end_to_end(tiny_dataset: Path, tmp_path: Path, capsys: pytest.Cap
     args = bench.parse_args([
         "--data-path", str(tiny_dataset), "--sizes", "64", "--batch-size", "8", "--workers", "1",
         "--target-samples", "48", "--epochs", "2", "--min-seconds", "0", "--skip-writer",
-        "--pipelines", "reference", "jit-ffcv DataModule, raw", "fast decode", "--out", str(out), "--readme", str(readme),
+        "--pipelines", "reference", "jit-ffcv DataModule, raw", "fast decode",
+        "--out", str(out), "--readme", str(readme),
     ])
     assert bench.main(args) == 0
     # the cost first: 3 pipelines x 1 size x 1 round + the fixed-cost run, no writer runs
     assert capsys.readouterr().out.startswith("jit-ffcv bench: 4 fresh processes; roughly ")
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert [r["name"] for r in rows] == ["reference (PIL + DataLoader)", "jit-ffcv DataModule, fast decode (biased), jpg q90",
+    assert [r["name"] for r in rows] == ["reference (PIL + DataLoader)",
+                                         "jit-ffcv DataModule, fast decode (biased), jpg q90",
                                          "jit-ffcv DataModule, raw"]
     assert all(float(r["img_per_s"]) > 0 and float(r["peak_rss_mib"]) > 0 for r in rows)
     data = json.loads((out / "results.json").read_text())
@@ -56,7 +58,8 @@ def test_bench_end_to_end(tiny_dataset: Path, tmp_path: Path, capsys: pytest.Cap
     assert all(len(r["rounds"]) == 1 and len(r["first_batch_rounds"]) == 1 for r in data["results"])
     assert [len(r["limit_rounds"]) for r in data["results"]] == [0, 1, 1]
     text = readme.read_text()
-    assert text.startswith("intro\n<!-- bench:cpu:start -->\n| pipeline |") and text.endswith("<!-- bench:cpu:end -->\noutro\n")
+    assert text.startswith("intro\n<!-- bench:cpu:start -->\n| pipeline |")
+    assert text.endswith("<!-- bench:cpu:end -->\noutro\n")
     assert "| 64px 1st batch s |" in text and "\nMachine: " in text
     assert "old" not in text and (out / "chart.png").stat().st_size > 1000
 
@@ -70,7 +73,8 @@ def test_update_doc_needs_markers(tmp_path: Path) -> None:
 
 def _bias_cell(decoded: list[np.ndarray], crops: list[np.ndarray]) -> str:
     """The table's bias cell, computed independently: mean over images of mean(decoded - crop) per channel."""
-    means = np.mean([(d.astype(np.float64) - c).mean(axis=(0, 1)) for d, c in zip(decoded, crops)], axis=0)
+    means = np.mean([(d.astype(np.float64) - c).mean(axis=(0, 1))
+                     for d, c in zip(decoded, crops, strict=True)], axis=0)
     return " / ".join(f"{m:+.2f}" for m in means)
 
 
@@ -85,12 +89,13 @@ def test_quality_table_rows(tiny_dataset: Path) -> None:
     rows = (("4:2:0", 50), ("4:4:4", 100))
     table = bench.quality_table(scan, [32], rows=rows)
     lines = table.splitlines()
-    assert len(lines) == 4 and lines[2].startswith("| 32 | 4:2:0 | 50 |") and lines[3].startswith("| 32 | 4:4:4 | 100 |")
+    assert len(lines) == 4
+    assert lines[2].startswith("| 32 | 4:2:0 | 50 |") and lines[3].startswith("| 32 | 4:4:4 | 100 |")
     assert lines[0].split("|")[6:8] == [" mean bias R / G / B ", " fast-decode bias R / G / B "]
     psnr50, psnr100 = float(lines[2].split("|")[4]), float(lines[3].split("|")[4])
     assert psnr100 > psnr50
     crops = [crop_file(path, 32) for path, _ in scan.samples]
-    for line, (chroma, q) in zip(lines[2:], rows):
+    for line, (chroma, q) in zip(lines[2:], rows, strict=False):
         payloads = [encode_jpeg(c, q, subsampling=chroma) for c in crops]
         pillow = [np.array(Image.open(BytesIO(p)).convert("RGB")) for p in payloads]
         ffcv = []  # FFCV's own decode call: the fast IDCT the opt-in reproduces

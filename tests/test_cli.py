@@ -98,7 +98,8 @@ def test_read_only_output(synthetic: SyntheticFolder, tmp_path: Path, capsys: py
     assert code == 1 and f"{folder}" in one_error_line(err) and "choose another" in err
 
 
-def test_existing_beton_needs_force(synthetic: SyntheticFolder, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_existing_beton_needs_force(synthetic: SyntheticFolder, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "x.beton"
     assert run(write_args(synthetic.root, out, "--limit", "3"), capsys)[0] == 0
     before = out.read_bytes()
@@ -122,7 +123,8 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
 def test_info_on_missing_beton(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(["info", str(tmp_path / "gone.beton")], capsys)
     assert code == 1 and one_error_line(err) == (
-        f"jit-ffcv: error: beton not found: {tmp_path / 'gone.beton'}; write it with `jit-ffcv write` or check the path")
+        f"jit-ffcv: error: beton not found: {tmp_path / 'gone.beton'}; "
+        f"write it with `jit-ffcv write` or check the path")
 
 
 def test_info_on_corrupt_sidecar(raw_beton: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

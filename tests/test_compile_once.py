@@ -1,4 +1,7 @@
-"""Kernels compiled once per process: later loaders compile nothing, any size or layout, RSS stays flat; epochs reach ops."""
+"""Kernels compiled once per process: later loaders compile nothing, any size or layout, RSS stays flat.
+
+Also: the loader's epoch reaches every op.
+"""
 
 from __future__ import annotations
 
@@ -83,9 +86,12 @@ np.savez(sys.argv[3], **out)
 
 
 def test_loaders_of_two_sizes_and_layouts_share_kernels(synthetic, raw_beton: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Fresh process: kernels called directly first, then loaders of 64 px raw and 32 px JPEG, HWC and CHW,
-    one and two threads, each compiled from its decoding thread (an empty numba cache: nothing loaded). FFCV's reader used to mutate numba's
-    ``uint8[::1]`` type, and a kernel shared with a direct call then failed with a KeyError there (the loader hung)."""
+    """Fresh process: kernels called directly first, then loaders of 64 px raw and 32 px JPEG, HWC and CHW.
+
+    One and two threads, each compiled from its decoding thread (an empty numba cache: nothing loaded).
+    FFCV's reader used to mutate numba's ``uint8[::1]`` type, and a kernel shared with a direct call then
+    failed with a KeyError there (the loader hung).
+    """
     small = tmp_path / "train_32_jpg90.beton"
     write_split(synthetic.root, "train", small, img_size=32, mode="jpg", quality=90, num_workers=0, progress=False)
     saved = tmp_path / "batches.npz"

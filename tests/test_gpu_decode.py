@@ -211,7 +211,7 @@ def test_nvimgcodec_decoder_asks_for_the_backends_and_upsampling(monkeypatch: py
 
 
 def test_decode_device_cuda_checks_mode_package_and_cuda_at_construction(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"decode_device='cuda' decodes stored JPEGs: it needs mode='jpg', got mode='raw'"):
+    with pytest.raises(ValueError, match=r"decode_device='cuda' decodes stored JPEGs: it needs mode='jpg', got mode="):
         JiTDataModule(str(tmp_path), mode="raw", decode_device="cuda")
     with pytest.raises(ValueError, match="decode_device must be one of"):
         JiTDataModule(str(tmp_path), decode_device="gpu")

@@ -112,4 +112,4 @@ def test_fit_runs_sanity_check_and_validation(synthetic: SyntheticFolder, train_
     assert len(model.val_runs) == 4 and not model.val_runs[-1]["sanity"]
     check_val_run(model.val_runs[-1], images, labels, VAL_SIZES)
     for thread in [t for t in threading.enumerate() if isinstance(t, DecodeThread)]:  # every epoch ended
-        assert wait_until(lambda: not thread.busy.is_set())
+        assert wait_until(lambda thread=thread: not thread.busy.is_set())

@@ -130,7 +130,8 @@ def test_slot_is_not_rewritten_while_a_gpu_copy_may_read_it(paged_beton: Path, m
     """A consumer copies batch 0 with non_blocking=True and the GPU runs behind: slot 0 must wait for it."""
     images, _ = read_beton(paged_beton)
     events: list[PendingCopy] = []
-    monkeypatch.setattr(jit_ffcv.epoch, "release_event", lambda: events.append(PendingCopy(done=bool(events))) or events[-1])
+    monkeypatch.setattr(jit_ffcv.epoch, "release_event",
+                        lambda: events.append(PendingCopy(done=bool(events))) or events[-1])
     loader = make_loader(str(paged_beton), [SimpleRGBImageDecoder()], batches_ahead=1)  # 4 slots of 4 images
     it = iter(loader)
     first, _ = next(it)  # batch 0, slot 0: its GPU copy is still queued (events[0] pending)

@@ -158,7 +158,7 @@ def test_same_world_resume_is_exact(data: tuple[Path, Path], reference: tuple, w
         for stop in _stops(steps):
             before = [make_loader(data, world, r, **options) for r in range(world)]  # the run that stops
             heads = [Stream() for _ in range(world)]
-            for loader, head in zip(before, heads):
+            for loader, head in zip(before, heads, strict=False):
                 loader.set_epoch(epoch)
                 head.take(loader, stop) if stop else None
             states = [loader.state_dict() for loader in before]
@@ -251,7 +251,7 @@ def _run_world(data: tuple[Path, Path], world: int, state: dict | None, epoch: i
     """All ranks of a world run ``stop`` batches (all if None) of ``epoch``, resumed from ``state`` if given."""
     loaders = [make_loader(data, world, r, **options) for r in range(world)]
     streams = [Stream() for _ in range(world)]
-    for loader, stream in zip(loaders, streams):
+    for loader, stream in zip(loaders, streams, strict=False):
         loader.load_state_dict(state) if state else loader.set_epoch(epoch)
         stream.take(loader, stop)
     states = [loader.state_dict() for loader in loaders]
@@ -272,7 +272,7 @@ def test_elastic_resume_delivers_the_unseen_rest_exactly_once(data: tuple[Path, 
     epoch, state = 1, None
     seen: list[int] = []  # every sample delivered in this epoch, over all worlds
     owed: list[int] = []  # what the world that stopped still owed, in the global sequence's order
-    for world, stop in zip(worlds, stops + (None,)):
+    for world, stop in zip(worlds, stops + (None,), strict=False):
         state_in = state
         streams, state, loaders = _run_world(data, world, state, epoch, stop, drop_last=drop_last)
         lengths = {len(s.indices) for s in streams}
@@ -396,7 +396,7 @@ def _ddp_fit(data: tuple[Path, Path], out: Path, ckpt_dir: Path, ckpt_path: Path
 def test_ddp_resume_from_mid_epoch_checkpoint_is_exact(data: tuple[Path, Path], tmp_path: Path) -> None:
     full = _ddp_fit(data, tmp_path / "full", tmp_path / "ckpt")
     steps = -(-N // 2) // B  # 23 samples per rank, 7 full batches
-    for rank, (record, _) in enumerate(full):
+    for record, _ in full:
         assert [tuple(s[:2]) for s in record] == [(e, i) for e in (0, 1) for i in range(steps)]
     step = steps + 3  # epoch 1, after its 3rd step
     resumed = _ddp_fit(data, tmp_path / "resumed", tmp_path / "ckpt", tmp_path / "ckpt" / f"step={step}.ckpt")

@@ -148,7 +148,8 @@ def test_bench_scale_end_to_end(tiny_source: Path, tmp_path: Path) -> None:
         "loader peak RSS, os_cache=True", "pages per rank, W=1", "pages per rank, W=8", "pages per rank, W=64",
     ]
     assert "| loader peak RSS, os_cache=False |" in table and "2 batches of 128" in table
-    assert readme.read_text() == f"intro\n<!-- bench:scale:start -->\n{table.rstrip()}\n<!-- bench:scale:end -->\noutro\n"
+    expected = f"intro\n<!-- bench:scale:start -->\n{table.rstrip()}\n<!-- bench:scale:end -->\noutro\n"
+    assert readme.read_text() == expected
     assert (out / "betons" / "imagenet_scale_5000.beton.build.json").exists()  # a rerun reuses beton + record
 
 

@@ -54,7 +54,7 @@ def test_raw_is_bit_exact_and_labels_follow_imagefolder(synthetic: SyntheticFold
     assert len(images) == len(expected) == 20
     assert labels.tolist() == [c for _, c in expected]
     assert sorted(expected) == [(p, c) for p, c in samples if p not in synthetic.broken]
-    for img, (path, _) in zip(images, expected):
+    for img, (path, _) in zip(images, expected, strict=False):
         np.testing.assert_array_equal(img, crop_file(path, SMALL), err_msg=path)
 
 
@@ -71,7 +71,7 @@ def test_jpg_quality_floor(synthetic: SyntheticFolder, jpg_beton: Path) -> None:
     expected = stored_samples(jpg_beton, expected_samples(synthetic.root / "train"))
     assert len(expected) == 20
     assert labels.tolist() == [c for _, c in expected]
-    scores = [psnr(img, crop_file(path, SMALL)) for img, (path, _) in zip(images, expected)]
+    scores = [psnr(img, crop_file(path, SMALL)) for img, (path, _) in zip(images, expected, strict=False)]
     assert min(scores) > 30.0, scores
     meta = read_metadata(jpg_beton)
     assert meta.quality == 90 and meta.num_workers == 2
@@ -115,7 +115,8 @@ def test_layout_errors_name_the_path(tmp_path: Path, layout: str, match: str) ->
 
 def test_strict_fails_and_leaves_nothing(synthetic: SyntheticFolder, tmp_path: Path) -> None:
     out = tmp_path / "strict.beton"
-    with pytest.raises(BadImageError, match=r"cannot decode .*/zz_(truncated|empty|not_an_image)"):  # first in stored order
+    # the first broken file in stored order
+    with pytest.raises(BadImageError, match=r"cannot decode .*/zz_(truncated|empty|not_an_image)"):
         write_split(synthetic.root, "train", out, img_size=32, mode="raw", num_workers=0, strict=True, progress=False)
     assert os.listdir(tmp_path) == []  # no beton, no sidecar, no partial file
 
@@ -217,7 +218,8 @@ def test_no_shuffle_keeps_folder_order_and_seed_changes_it(synthetic: SyntheticF
 
 
 def test_bad_shuffle_seed_fails_before_any_work(synthetic: SyntheticFolder, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"shuffle_seed must be an integer >= 0 \(or None to keep folder order\), got -1"):
+    message = r"shuffle_seed must be an integer >= 0 \(or None to keep folder order\), got -1"
+    with pytest.raises(ValueError, match=message):
         write_split(synthetic.root, "train", tmp_path / "x.beton", img_size=32, mode="raw", num_workers=0,
                     progress=False, shuffle_seed=-1)
     assert os.listdir(tmp_path) == []

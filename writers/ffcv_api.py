@@ -28,8 +28,8 @@ import os
 import sys
 import threading
 import types
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numba
 import numpy as np
@@ -152,7 +152,8 @@ def _compile_once(cls: type, code: Callable, signature: Any = None) -> Callable:
         return _ffcv_compile(cls, code, signature)
     with _compile_lock:
         if key not in _compiled:
-            _compiled[key] = _cached(code, signature, parallel) if _cacheable(code) else _ffcv_compile(cls, code, signature)
+            cacheable = _cacheable(code)
+            _compiled[key] = _cached(code, signature, parallel) if cacheable else _ffcv_compile(cls, code, signature)
         return _compiled[key]
 
 

@@ -75,7 +75,8 @@ def scan_split(split_dir: str | os.PathLike, classes: Sequence[str] | None = Non
         if unknown:
             raise DatasetLayoutError(
                 f"{split_dir} has class folders that the train split lacks: {unknown[:5]}"
-                f"{' ...' if len(unknown) > 5 else ''}; class indices come from train/, so add them there or remove them"
+                f"{' ...' if len(unknown) > 5 else ''}; class indices come from train/, "
+                f"so add them there or remove them"
             )
     class_to_idx = {name: i for i, name in enumerate(classes)}
     samples: list[tuple[str, int]] = []

@@ -119,7 +119,8 @@ def read_metadata(beton: str | os.PathLike) -> BetonMetadata:
     try:
         data = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:
-        raise SidecarError(f"{path} is not valid JSON ({exc}); rewrite the beton with `jit-ffcv write --force`") from None
+        raise SidecarError(
+            f"{path} is not valid JSON ({exc}); rewrite the beton with `jit-ffcv write --force`") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise BetonMismatchError(f"{path} has format {found!r}, expected {FORMAT!r}")

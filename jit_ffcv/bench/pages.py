@@ -25,7 +25,8 @@ def pages_report(beton: Path | None, worlds: Sequence[int] = (1, 2, 8), seed: in
     if beton is not None:
         page = reader_sample_pages(Reader(str(beton)))
         layouts.append((f"{beton.name} ({len(page):,} samples)", page))
-    layouts.append((f"simulated ImageNet-1k 256 q90 ({TRAIN_SAMPLES:,} samples)", np.arange(TRAIN_SAMPLES) // SAMPLES_PER_PAGE))
+    simulated = np.arange(TRAIN_SAMPLES) // SAMPLES_PER_PAGE
+    layouts.append((f"simulated ImageNet-1k 256 q90 ({TRAIN_SAMPLES:,} samples)", simulated))
     rows = ["| beton | W | pages in file | quasi-random: pages per rank (max) | max open pages | "
             "strided DistributedSampler: pages per rank |", "|---|---|---|---|---|---|"]
     for name, page in layouts:

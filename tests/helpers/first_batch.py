@@ -17,8 +17,9 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 KINDS = ("jit-ffcv", "ffcv")
 
