@@ -71,7 +71,7 @@ def dataset_root(data_path: str | None, out: Path) -> Path:
 
 def save_batch(batch: tuple[np.ndarray, np.ndarray], class_names: list[str], picture: Path) -> int:
     """Save a training batch (NCHW uint8, labels) as a captioned grid, like ``jit-ffcv show``; return its size."""
-    from jit_ffcv.inspect_beton import Sample, render_grid
+    from jit_ffcv.grid import Sample, render_grid
 
     images, labels = batch
     samples = [Sample(sample_id=k, index=None, label=int(label), class_name=class_names[int(label)],

@@ -231,7 +231,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"{k}\t{s.sample_id}\t{'-' if s.index is None else s.index}\t{s.label}\t{s.class_name}\t"
               f"{'yes' if s.flip else 'no'}\t{s.path}")
     if args.png is not None:
-        from jit_ffcv.inspect_beton import Sample, render_grid
+        from jit_ffcv.grid import Sample, render_grid
 
         grid, _ = render_grid([Sample(s.sample_id, s.index, s.label, s.class_name, s.image) for s in samples])
         grid.save(args.png, format="PNG")

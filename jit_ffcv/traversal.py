@@ -49,7 +49,8 @@ class ShardedOrder(TraversalOrder):
 
     ``drop_last`` here is the *sharding* drop (N//W per rank, like DistributedSampler);
     the Loader's own ``drop_last`` still drops the last partial batch. ``loader.distributed``
-    is recorded but ignored: sharding is set by ``num_replicas``/``rank`` only.
+    is ignored: sharding is set by ``num_replicas``/``rank`` only. The bound copy keeps no
+    reference to the loader (no loader <-> order cycle).
     """
 
     kind: ClassVar[str]
@@ -59,22 +60,16 @@ class ShardedOrder(TraversalOrder):
         self.num_replicas, self.rank = check_sharding(num_replicas, rank)
         self.drop_last = flag("drop_last", drop_last)
         self.buffer_pages: int | None = None
-        self.loader: Loader | None = None
         self.indices: np.ndarray | None = None
         self.sample_pages: np.ndarray | None = None
         self.seed: int | None = None
-        self.distributed: bool = False
-        self.sampler = None
 
     # FFCV 1.0.2 quirk: Loader does `order(self)` on a TraversalOrder *instance*, so we bind here.
     def __call__(self: _T, loader: Loader) -> _T:
         """Return a shallow copy bound to ``loader`` (the config object stays reusable)."""
         bound = copy.copy(self)
-        bound.loader = loader
         bound.indices = np.asarray(loader.indices)
         bound.seed = loader.seed
-        bound.distributed = loader.distributed
-        bound.sampler = None
         bound.sample_pages = _loader_sample_pages(loader, bound.indices)
         bound._bind_extra(loader)
         return bound

@@ -20,6 +20,8 @@ import pytest
 from jit_ffcv import bench
 from jit_ffcv.synthetic import make_image_folder
 
+pytestmark = pytest.mark.slow  # the benchmark end to end in child processes: `make test` runs it, `make check` does not
+
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -23,6 +23,8 @@ from tests.helpers.data import pillow_images, read_beton
 from writers.beton import write_split
 from writers.ffcv_api import IMAGE_MODES, IntDecoder, Loader, OrderOption
 
+pytestmark = pytest.mark.slow  # fresh processes with cold numba caches: `make test` runs it, `make check` does not
+
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 11
 N = 20  # valid samples in the synthetic train betons

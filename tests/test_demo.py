@@ -14,12 +14,13 @@ from jit_ffcv.cli import build_parser
 from jit_ffcv.synthetic import make_image_folder
 from writers.folder import scan_split
 
+pytestmark = pytest.mark.slow  # the demo end to end: `make test` runs it, `make check` does not
+
 
 def _args(*argv: str) -> object:
     return build_parser().parse_args(["demo", *argv])
 
 
-@pytest.mark.slow
 def test_demo_writes_trains_and_compares(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     synth = make_image_folder(tmp_path / "data", num_classes=3, per_class=4)  # 3 broken files, skipped by the writer
     out = tmp_path / "out"
@@ -47,7 +48,7 @@ def test_demo_writes_trains_and_compares(tmp_path: Path, capsys: pytest.CaptureF
         f"| jit-ffcv DataModule, jpg q90 | {jit['img_per_s']:,.0f} | {jit['img_per_s'] / ref['img_per_s']:,.1f}× |",
     ]
     # the whole first training batch (4 images of 32 px), captioned like `jit-ffcv show`
-    from jit_ffcv.inspect_beton import grid_layout
+    from jit_ffcv.grid import grid_layout
 
     grid = Image.open(out / "batch.png")
     assert grid.size == grid_layout(4, 32).size

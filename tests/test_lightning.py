@@ -20,6 +20,8 @@ from jit_ffcv.ops import flip_mask
 from jit_ffcv.synthetic import SyntheticFolder
 from tests.helpers.data import read_beton, wait_until
 
+pytestmark = pytest.mark.slow  # a Lightning fit: `make test` runs it, `make check` does not
+
 N, B, SEED, FLIP = 20, 3, 11, 0.5
 VAL_SIZES = [3] * 6 + [2]  # 20 val samples in batches of 3: 7 batches > 4 slots, the last one partial
 STEPS = N // B  # 6 train steps per epoch (drop_last)

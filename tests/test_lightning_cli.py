@@ -20,6 +20,8 @@ import yaml
 
 from jit_ffcv.synthetic import SyntheticFolder
 
+pytestmark = pytest.mark.slow  # LightningCLI fits: `make test` runs it, `make check` does not
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "lightning" / "train.py"
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -131,7 +133,6 @@ def test_model_img_size_is_the_data_img_size(example: ModuleType, tmp_path: Path
 
 
 # ------------------------------------------------------------------ a real fit, in a subprocess
-@pytest.mark.slow
 def test_fit_runs_the_config_for_exact_steps(synthetic: SyntheticFolder, tmp_path: Path) -> None:
     logs, betons = tmp_path / "logs", tmp_path / "ffcv"
     cmd = [sys.executable, str(SCRIPT), "fit", "--config", str(CONFIGS[0]), "--seed_everything", "7", *CPU,

@@ -20,6 +20,8 @@ from tests.helpers.data import read_beton
 from tests.helpers.loader_child import BAD_INDEX, make_loader
 from writers.ffcv_api import AllocationQuery, DatasetWriter, IntField, RGBImageField, SimpleRGBImageDecoder
 
+pytestmark = pytest.mark.slow  # failure scenarios in child processes: `make test` runs it, `make check` does not
+
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).parent / "helpers" / "loader_child.py"
 PAGED_N, PAGED_SIZE = 64, 256  # 192 KiB raw images on 2 MiB pages: about 10 samples (2.5 batches) per page

@@ -15,6 +15,8 @@ from jit_ffcv.synthetic import make_image_folder
 from tests.helpers.procs import kill_all, start, wait_for
 from writers.metadata import read_metadata, sidecar_path, verify_file
 
+pytestmark = pytest.mark.slow  # writer processes racing for the lock: `make test` runs it, `make check` does not
+
 WAITING = "waiting for writer"
 
 

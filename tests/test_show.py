@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from jit_ffcv.cli import main
-from jit_ffcv.inspect_beton import ClassCounts, caption, grid_layout, payload_sizes, pick_ids, show
+from jit_ffcv.grid import caption, grid_layout
+from jit_ffcv.inspect_beton import ClassCounts, payload_sizes, pick_ids, show
 from jit_ffcv.synthetic import SyntheticFolder
 from writers.beton import read_indices, read_payloads, write_split
 from writers.metadata import read_metadata

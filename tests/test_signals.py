@@ -19,6 +19,8 @@ from writers.beton import write_split
 from writers.lifecycle import Terminated
 from writers.metadata import read_metadata, sidecar_path
 
+pytestmark = pytest.mark.slow  # real signals to real writer processes: `make test` runs it, `make check` does not
+
 PREPARE = """
 import sys
 from jit_ffcv.datamodule import JiTDataModule

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # fresh interpreters: `make test` runs it, `make check` does not
+
 SCRIPT = """
 import sys, torch
 torch.set_num_threads(2)
