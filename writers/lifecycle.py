@@ -72,6 +72,7 @@ class _Guard:
         self.active = True
         self.lock = threading.Lock()
         self.again: threading.Thread | None = None
+        self.handled: tuple[int, ...] = ()  # the signals it turns into exceptions (an ignored one stays ignored)
 
     def handler(self, signum: int, frame: object) -> None:
         """Record the signal; raise its exception unless in a critical step or already raised."""
@@ -134,8 +135,10 @@ def signals_guarded() -> Iterator[None]:
     for signum, handler in previous.items():
         if handler != signal.SIG_IGN:
             signal.signal(signum, guard.handler)
+            guard.handled += (signum,)
     try:
         yield
+        _take_pending(guard)  # one the kernel still holds is handed on below, as one arriving from here on
         guard.depth += 1  # the block is done: a signal from here on is handed on below, not raised twice
     finally:
         with guard.lock:
@@ -159,12 +162,27 @@ def _hand_on(signum: int, previous: Any) -> None:
         raise _exception(signum) from current
 
 
+def _take_pending(guard: _Guard) -> None:
+    """Record a guarded signal the kernel holds for this process or thread that no handler has run for yet.
+
+    Which thread takes a process-directed signal (``kill``, ``scancel``) is the kernel's choice, and a
+    thread blocking it (``_fork_worker`` does while forking) leaves it pending: the Python handler would
+    run later, perhaps after publishing. ``sigtimedwait`` with no wait dequeues it here, in the main thread.
+    """
+    if guard.handled and threading.current_thread() is threading.main_thread():
+        info = signal.sigtimedwait(guard.handled, 0)
+        if info is not None and guard.received is None:
+            guard.received = info.si_signo
+
+
 def check_signals() -> None:
     """Raise the exception of a signal received during this write (a safe point: e.g. before publishing)."""
     guard = _guard
-    if guard is not None and guard.received is not None and guard.depth == 0:
-        guard.raised = True
-        raise _exception(guard.received)
+    if guard is not None and guard.depth == 0:
+        _take_pending(guard)
+        if guard.received is not None:
+            guard.raised = True
+            raise _exception(guard.received)
 
 
 @contextmanager
