@@ -7,8 +7,9 @@ signals are only recorded, so nothing interrupts that cleanup. Steps a signal mu
 two (forking the workers, creating the lock, publishing) run in :func:`critical`: a signal
 arriving there is held and raised when the step is done. :func:`check_signals` raises for a
 signal that was received but whose exception was swallowed (llvmlite's object-cache callback
-prints and drops exceptions raised in it: the guard re-raises those at once), so an
-interrupted write can never publish. When the guard exits, the signal is handed to the
+prints and drops exceptions raised in it: the guard re-raises those at once) or that the
+kernel still holds (pending while blocked, or not yet taken by the thread it chose: it is
+dequeued there), so an interrupted write can never publish. When the guard exits, the signal is handed to the
 handler that was there before: a default SIGTERM kills the process with SIGTERM's status.
 
 Workers ignore SIGINT and SIGTERM (a Ctrl-C or a ``scancel`` reaches the whole process
@@ -169,7 +170,7 @@ def _take_pending(guard: _Guard) -> None:
     thread blocking it (``_fork_worker`` does while forking) leaves it pending: the Python handler would
     run later, perhaps after publishing. ``sigtimedwait`` with no wait dequeues it here, in the main thread.
     """
-    if guard.handled and threading.current_thread() is threading.main_thread():
+    if guard.handled and hasattr(signal, "sigtimedwait") and threading.current_thread() is threading.main_thread():
         info = signal.sigtimedwait(guard.handled, 0)
         if info is not None and guard.received is None:
             guard.received = info.si_signo
