@@ -23,7 +23,7 @@ from tqdm import tqdm
 from writers import __version__
 from writers.beton_file import partial_beton
 from writers.folder import FolderScan, find_classes, scan_split
-from writers.lifecycle import signals_guarded
+from writers.lifecycle import check_signals, signals_guarded
 from writers.lock import WriteLock
 from writers.metadata import BetonMetadata, file_sha256, read_metadata, sidecar_path
 from writers.options import DEFAULT_QUALITY, validate_options
@@ -159,6 +159,7 @@ def _write_beton(
         shuffle_seed=shuffle_seed,
         limit=limit if limit is not None and limit < len(scan.samples) else None,  # None: the whole split
     )
+    check_signals()  # the last safe point: a signal received by now, by any thread, stops the write unpublished
     publish(beton.path, out, meta)
     _report_skipped(skipped, split, out)
     return meta

@@ -7,8 +7,9 @@ signals are only recorded, so nothing interrupts that cleanup. Steps a signal mu
 two (forking the workers, creating the lock, publishing) run in :func:`critical`: a signal
 arriving there is held and raised when the step is done. :func:`check_signals` raises for a
 signal that was received but whose exception was swallowed (llvmlite's object-cache callback
-prints and drops exceptions raised in it: the guard re-raises those at once), so an
-interrupted write can never publish. When the guard exits, the signal is handed to the
+prints and drops exceptions raised in it: the guard re-raises those at once) or that the
+kernel still holds (pending while blocked, or not yet taken by the thread it chose: it is
+dequeued there), so an interrupted write can never publish. When the guard exits, the signal is handed to the
 handler that was there before: a default SIGTERM kills the process with SIGTERM's status.
 
 Workers ignore SIGINT and SIGTERM (a Ctrl-C or a ``scancel`` reaches the whole process
@@ -72,6 +73,7 @@ class _Guard:
         self.active = True
         self.lock = threading.Lock()
         self.again: threading.Thread | None = None
+        self.handled: tuple[int, ...] = ()  # the signals it turns into exceptions (an ignored one stays ignored)
 
     def handler(self, signum: int, frame: object) -> None:
         """Record the signal; raise its exception unless in a critical step or already raised."""
@@ -134,8 +136,10 @@ def signals_guarded() -> Iterator[None]:
     for signum, handler in previous.items():
         if handler != signal.SIG_IGN:
             signal.signal(signum, guard.handler)
+            guard.handled += (signum,)
     try:
         yield
+        _take_pending(guard)  # one the kernel still holds is handed on below, as one arriving from here on
         guard.depth += 1  # the block is done: a signal from here on is handed on below, not raised twice
     finally:
         with guard.lock:
@@ -159,12 +163,27 @@ def _hand_on(signum: int, previous: Any) -> None:
         raise _exception(signum) from current
 
 
+def _take_pending(guard: _Guard) -> None:
+    """Record a guarded signal the kernel holds for this process or thread that no handler has run for yet.
+
+    Which thread takes a process-directed signal (``kill``, ``scancel``) is the kernel's choice, and a
+    thread blocking it (``_fork_worker`` does while forking) leaves it pending: the Python handler would
+    run later, perhaps after publishing. ``sigtimedwait`` with no wait dequeues it here, in the main thread.
+    """
+    if guard.handled and hasattr(signal, "sigtimedwait") and threading.current_thread() is threading.main_thread():
+        info = signal.sigtimedwait(guard.handled, 0)
+        if info is not None and guard.received is None:
+            guard.received = info.si_signo
+
+
 def check_signals() -> None:
     """Raise the exception of a signal received during this write (a safe point: e.g. before publishing)."""
     guard = _guard
-    if guard is not None and guard.received is not None and guard.depth == 0:
-        guard.raised = True
-        raise _exception(guard.received)
+    if guard is not None and guard.depth == 0:
+        _take_pending(guard)
+        if guard.received is not None:
+            guard.raised = True
+            raise _exception(guard.received)
 
 
 @contextmanager
