@@ -114,8 +114,5 @@ def test_no_machine_paths_in_hand_written_text() -> None:
     assert found == []
 
 
-@pytest.mark.xfail(strict=True, reason="the cpu, gpu and scale blocks were generated on the development machine and "
-                                       "name its sample folder; a rerun of make bench (and make bench-scale, "
-                                       "make gpu-check) rewrites them without it")
 def test_no_machine_paths_in_generated_blocks() -> None:
     assert machine_paths(BENCHMARKS, generated_blocks(BENCHMARKS.read_text())) == []
