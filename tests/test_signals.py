@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +32,18 @@ print("workers", read_metadata(dm.beton_path("train")).num_workers)
 """
 
 REPEAT = range(int(os.environ.get("JIT_FFCV_REPEAT", "1")))  # JIT_FFCV_REPEAT=100: flakiness checks
+
+
+@pytest.fixture(autouse=True)
+def terminal_sigint() -> Iterator[None]:
+    """SIGINT handled as in a terminal (Python's KeyboardInterrupt) for these in-process writes.
+
+    A process started in the background of a non-interactive shell (``bash .ci/run &``) inherits SIGINT
+    ignored, and the writer keeps an ignored signal ignored (``test_an_ignored_sigint_stays_ignored``).
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="module")
@@ -213,6 +225,16 @@ def test_signal_another_thread_takes_reaches_the_caller(data: Path, tmp_path: Pa
         os.close(w)
     assert len(forked) == 2 and not any(alive(pid) for pid in forked)
     assert os.listdir(out.parent) == []
+
+
+def test_an_ignored_sigint_stays_ignored(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller that ignores SIGINT (nohup, a background job) keeps ignoring it: the write completes and publishes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the autouse fixture restores the terminal's handler
+    forked = _signal_after_first_fork(monkeypatch, lambda: os.kill(os.getpid(), signal.SIGINT))
+    out = tmp_path / "out" / "train.beton"
+    write_split(data, "train", out, img_size=32, mode="raw", num_workers=2, progress=False)
+    assert len(forked) == 2 and not any(alive(pid) for pid in forked)
+    assert out.exists() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
 
 
 def _no_self_sigterm(kill: Callable[[int, int], None]) -> Callable[[int, int], None]:
