@@ -7,7 +7,7 @@
 ## make lint        ruff over the project (also the first step of make test)
 ## make stress      the writer's signal stress test
 ## make demo        write a small beton, train a tiny JiT, compare img/s with the reference
-## make bench       remeasure docs/benchmarks.md's tables (about 45 min and 6 GB under bench_out/ on 2 cores)
+## make bench       remeasure docs/benchmarks.md's tables (32 min and 5.7 GB under bench_out/ on 2 cores)
 ## make bench-scale the ImageNet-size rows (about 31 GB under bench_out/betons)
 ## make gpu-check   on a CUDA machine: GPU delivery and GPU decode tests, decode fidelity/throughput, the gpu table
 ## make clean       remove .venv, build/ and *.egg-info
@@ -54,12 +54,12 @@ demo: install
 	$(VENV)/bin/jit-ffcv demo
 
 # Measures on this machine and rewrites the generated blocks of docs/benchmarks.md (and docs/bench_cpu.png).
-# Cost on a 2-core box, estimated: about 45 min and 6 GB under bench_out/ (betons, kept and reused by the next
+# Cost on a 2-core box, measured: 32 min and 5.7 GB under bench_out/ (betons, kept and reused by the next
 # run); the two throughput commands print their own estimate first. ImageNet-scale rows: make bench-scale.
 BENCH    := $(VENV)/bin/jit-ffcv bench --doc docs/benchmarks.md --out bench_out
 REPEAT   ?= 3
 bench: install
-	@echo "make bench: about 45 min and 6 GB under bench_out/ on a 2-core box (REPEAT=$(REPEAT) rounds); the 31 GB ImageNet-scale rows are make bench-scale"
+	@echo "make bench: about 32 min and 5.7 GB under bench_out/ on a 2-core box (REPEAT=$(REPEAT) rounds); the 31 GB ImageNet-scale rows are make bench-scale"
 	$(BENCH) --quality-table
 	$(BENCH) --pages
 	$(BENCH) --mixing

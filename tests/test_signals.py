@@ -128,20 +128,8 @@ def test_signal_while_the_workers_start_reaches_the_caller(data: Path, tmp_path:
 
     The workers it started are killed and reaped, and nothing of the write is left.
     """
-    import writers.pool
-
-    fork_worker = writers.pool._fork_worker
-    forked: list[int] = []
-
-    def fork_then_signal(*args: object) -> object:
-        worker = fork_worker(*args)
-        forked.append(worker.pid)
-        if len(forked) == 1:
-            os.kill(os.getpid(), signum)  # one worker forked, the other not yet
-        return worker
-
-    monkeypatch.setattr(writers.pool, "_fork_worker", fork_then_signal)
-    monkeypatch.setattr(os, "kill", _no_self_sigterm(os.kill))  # the guard re-raises SIGTERM at the end
+    kill = os.kill
+    forked = _signal_after_first_fork(monkeypatch, lambda: kill(os.getpid(), signum))  # the other not forked yet
     out = tmp_path / "out" / "train.beton"
     with pytest.raises(raised):
         write_split(data, "train", out, img_size=32, mode="raw", num_workers=2, progress=False)

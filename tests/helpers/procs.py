@@ -42,6 +42,11 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def writer_children(pid: int) -> list[int]:
+    """Living children of ``pid`` except multiprocessing's resource tracker (FFCV's shared memory starts one)."""
+    return [child for child in children(pid) if not is_tracker(child)]
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` exists and is not a zombie."""
     try:

@@ -7,38 +7,14 @@ import signal
 import time
 from pathlib import Path
 
+from tests.helpers.procs import alive, is_tracker  # noqa: F401 - re-exported for the stress harness
+from tests.helpers.procs import writer_children as children  # noqa: F401
+
 #: Seconds a signalled writer has to exit.
 EXIT_LIMIT = 5.0
 
 
-def children(pid: int) -> list[int]:
-    """Living children of ``pid`` except multiprocessing's resource tracker (FFCV's shared memory starts one)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z" and not is_tracker(int(entry)):
-                found.append(int(entry))
-    return found
 
-
-def is_tracker(pid: int) -> bool:
-    """Whether ``pid`` is multiprocessing's resource tracker."""
-    try:
-        return b"resource_tracker" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def stderr_lines(err: Path) -> list[str]:
