@@ -14,7 +14,7 @@ import numpy as np
 
 from writers.beton import scan_splits, write_split
 from writers.cpus import usable_cpus
-from writers.ffcv_api import Reader
+from writers.ffcv_api import Reader, stored_field
 from writers.find import Search, Wanted, find_betons
 from writers.metadata import BetonMetadata, BetonMismatchError, read_metadata, sidecar_path, verify_file
 from writers.output import beton_name
@@ -112,7 +112,7 @@ class Betons:
 def check_header(path: Path, meta: BetonMetadata) -> None:
     """The beton's own header and sample table must agree with its sidecar (sample count, image size)."""
     reader = Reader(str(path))
-    image = reader.metadata[f"f{list(reader.handlers).index('image')}"]
+    image = stored_field(reader, "image")
     wanted = {"num_samples": meta.num_samples, "height": meta.img_size, "width": meta.img_size}
     found = {  # np.unique (a sort over all samples) only for a column that disagrees: O(N) compares otherwise
         "num_samples": [int(reader.num_samples)],

@@ -21,7 +21,7 @@ import numpy as np
 
 from jit_ffcv.ops import EpochCell, flip_decision, read_int64
 from writers.checks import probability
-from writers.ffcv_api import IMAGE_MODES, AllocationQuery, Compiler, Reader, SimpleRGBImageDecoder, State
+from writers.ffcv_api import IMAGE_MODES, AllocationQuery, Compiler, Reader, SimpleRGBImageDecoder, State, stored_field
 
 __all__ = ["LENGTH", "FLIP", "GatherJpegBytes", "max_payload_bytes", "stored_payloads"]
 
@@ -31,9 +31,10 @@ LENGTH, FLIP = 0, 1
 
 def _pointers(reader: Reader, path: str | Path, field: str) -> np.ndarray:
     """Where each sample's payload of ``field`` starts (ValueError naming the beton's fields if absent)."""
-    if field not in reader.field_names:
+    column = stored_field(reader, field)
+    if column is None:
         raise ValueError(f"{path} has no field {field!r}; its fields are {list(reader.field_names)}")
-    return reader.metadata[f"f{reader.field_names.index(field)}"]["data_ptr"]
+    return column["data_ptr"]
 
 
 def max_payload_bytes(path: str | Path, field: str = "image") -> int:

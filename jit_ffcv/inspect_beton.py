@@ -39,15 +39,11 @@ def _reader(beton: str | Path | Reader) -> Reader:
     return beton if isinstance(beton, Reader) else Reader(str(beton))
 
 
-def _field(reader: Reader, name: str) -> np.ndarray | None:
-    """The metadata column of field ``name`` (None if the beton has no such field)."""
-    names = list(reader.handlers)
-    return reader.metadata[f"f{names.index(name)}"] if name in names else None
-
-
 def _labels(reader: Reader) -> np.ndarray:
     """Every stored sample's label, in stored order."""
-    labels = _field(reader, "label")
+    from writers.ffcv_api import stored_field
+
+    labels = stored_field(reader, "label")
     if labels is None:
         raise ValueError(f"{reader.file_name} has no 'label' field: it was not written by jit-ffcv")
     return np.asarray(labels).reshape(-1).astype(np.int64)
@@ -59,7 +55,9 @@ def payload_sizes(beton: str | Path | Reader) -> np.ndarray:
     This is what the images weigh, without FFCV's page padding, header and tables.
     """
     reader = _reader(beton)
-    image = _field(reader, "image")
+    from writers.ffcv_api import stored_field
+
+    image = stored_field(reader, "image")
     if image is None:
         raise ValueError(f"{reader.file_name} has no 'image' field: it was not written by jit-ffcv")
     table = reader.alloc_table

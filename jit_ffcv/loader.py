@@ -23,7 +23,7 @@ from jit_ffcv.loader_state import MAX_EPOCH, Spec, check_fields, layout_fingerpr
 from jit_ffcv.ops import EpochCell, hand_epoch
 from jit_ffcv.resume import ResumeTracker
 from jit_ffcv.traversal import ShardedOrder
-from writers.ffcv_api import AllocationQuery, Compiler, Loader
+from writers.ffcv_api import AllocationQuery, Compiler, Loader, stored_field
 from writers.metadata import read_metadata
 
 
@@ -236,10 +236,6 @@ class JiTLoader(Loader):
                 self._running = None
 
 
-def stored_field(reader: Any, name: str) -> np.ndarray | None:
-    """The values of field ``name`` of every stored sample, from FFCV's metadata table (None: no such field)."""
-    names = list(reader.handlers)
-    return np.asarray(reader.metadata[f"f{names.index(name)}"]) if name in names else None
 
 
 def allocate_buffers(graph: Any, batch_size: int, slots: int, *, pin: bool) -> dict[str, dict[int, Any]]:

@@ -132,8 +132,8 @@ def decode_batch(beton: str | Path, ids: np.ndarray, options: TraceOptions) -> n
 def trace(beton: str | Path, options: TraceOptions, *, state: dict[str, Any] | None = None, decode: bool = False,
           data_path: str | Path | None = None) -> list[TracedSample]:
     """The samples of step ``options.step`` of epoch ``options.epoch`` on rank ``options.rank``, in batch order."""
-    from jit_ffcv.loader import stored_field
     from jit_ffcv.ops import flip_mask
+    from writers.ffcv_api import stored_field
 
     meta = read_metadata(beton)
     ids, loader = batch_ids(beton, options, state)

@@ -213,10 +213,16 @@ def field_column(field_names: Sequence[str], name: str) -> str:
     return f"f{names.index(name)}"
 
 
+def stored_field(reader: Reader, name: str) -> np.ndarray | None:
+    """Field ``name``'s column of the reader's per-sample metadata table (None: the beton has no such field)."""
+    return reader.metadata[field_column(reader.field_names, name)] if name in reader.field_names else None
+
+
 __all__ = [
     "ALLOC_TABLE_TYPE", "AllocationQuery", "Compiler", "DatasetWriter", "FFCV_VERSION", "Field", "FieldDescType",
     "HeaderType", "IMAGE_MODES", "IMAGE_MODE_CODES", "IntDecoder", "IntField", "Loader", "MemoryAllocator",
     "Operation", "OrderOption", "RGBImageField", "RandomHorizontalFlip", "Reader", "SimpleRGBImageDecoder", "Squeeze",
     "State", "TOUCH_POINTS", "ToDevice", "ToTensor", "ToTorchImage", "TraversalOrder", "chunks", "field_column",
+    "stored_field",
     "get_metadata_type", "imdecode", "memcpy", "run_pipeline",
 ]
