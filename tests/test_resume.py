@@ -325,38 +325,15 @@ def make_and_load(data: tuple[Path, Path], world: int, state: dict, drop_last: b
 # --------------------------------------------------------------------------- #
 # Lightning: ModelCheckpoint(every_n_train_steps) + fit(ckpt_path)
 # --------------------------------------------------------------------------- #
-def _recorder() -> Any:
-    import lightning.pytorch as pl
-    import torch
-
-    class Recorder(pl.LightningModule):
-        """Records (epoch, batch_idx, labels, pixels) of every training step."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.head = torch.nn.Linear(3, 5)
-            self.steps: list[tuple[int, int, list[int]]] = []
-            self.pixels: list[np.ndarray] = []
-
-        def training_step(self, batch: Any, batch_idx: int) -> Any:
-            x, y = batch
-            self.steps.append((self.current_epoch, batch_idx, y.tolist()))
-            self.pixels.append(x.numpy().copy())
-            return torch.nn.functional.cross_entropy(self.head(x.float().mean((2, 3)) / 255), y)
-
-        def configure_optimizers(self) -> Any:
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    return Recorder()
-
-
 def _fit(data: tuple[Path, Path], ckpt_dir: Path | None, ckpt_path: Path | None) -> Any:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    from tests.helpers.resume_ddp_fit import Recorder  # the DDP child's recorder, in one process here
+
     callbacks = [ModelCheckpoint(dirpath=ckpt_dir, filename="{step}", every_n_train_steps=1, save_top_k=-1)] \
         if ckpt_dir else []
-    model = _recorder()
+    model = Recorder()
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, callbacks=callbacks,
                          enable_checkpointing=bool(ckpt_dir), enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, limit_val_batches=0)
