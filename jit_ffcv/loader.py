@@ -23,6 +23,7 @@ from jit_ffcv.loader_state import MAX_EPOCH, Spec, check_fields, layout_fingerpr
 from jit_ffcv.ops import EpochCell, hand_epoch
 from jit_ffcv.resume import ResumeTracker
 from jit_ffcv.traversal import ShardedOrder
+from writers.checks import is_int
 from writers.ffcv_api import AllocationQuery, Compiler, Loader, stored_field
 from writers.metadata import read_metadata
 
@@ -98,7 +99,7 @@ class JiTLoader(Loader):
 
     def set_epoch(self, epoch: int) -> None:
         """Run ``epoch`` next (FFCV otherwise counts epochs itself, starting at 0)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or not 0 <= epoch <= MAX_EPOCH:
+        if not is_int(epoch) or not 0 <= epoch <= MAX_EPOCH:
             raise ValueError(f"epoch must be an integer in [0, 2**62], got {epoch!r}")
         self.next_epoch = int(epoch)
         self._epoch_chosen = True

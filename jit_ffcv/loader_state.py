@@ -19,6 +19,7 @@ import numpy as np
 
 from jit_ffcv.order import samples_per_rank
 from jit_ffcv.traversal import ShardedOrder
+from writers.checks import is_int
 
 __all__ = ["FORMAT", "VERSION", "MAX_EPOCH", "MAX_WORLD", "Segment", "Spec", "check_fields", "check_state",
            "layout_fingerprint", "segment_lengths"]
@@ -128,7 +129,7 @@ def check_fields(state: Any) -> tuple[int, list[Segment]]:
     """
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"not a JiTLoader state (expected format={FORMAT!r}): {str(state)[:200]}")
-    if not _is_int(state.get("version")) or state["version"] != VERSION:
+    if not is_int(state.get("version")) or state["version"] != VERSION:
         raise ValueError(f"JiTLoader state version {state.get('version')!r} is not supported (this is {VERSION})")
     _check_keys(state)
     for key, types in _TYPES.items():
@@ -160,10 +161,6 @@ def check_state(state: Any, spec: Spec) -> tuple[int, list[Segment]]:
 _DERIVED: Final[dict[str, str]] = {"buffer_pages": " (QuasiRandomOrder(buffer_pages=...), 2 x batch_size unless set)"}
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
 def _check_keys(state: dict[str, Any]) -> None:
     missing = sorted(set(_TYPES) - _OPTIONAL - set(state))
     if missing:
@@ -175,7 +172,7 @@ def _check_keys(state: dict[str, Any]) -> None:
 
 def _check_type(key: str, value: Any, types: tuple[Any, ...]) -> None:
     """ValueError naming ``key`` unless ``value`` is one of ``types`` (int: not a bool; bool: a real bool)."""
-    ok = ((value is None and None in types) or (int in types and _is_int(value))
+    ok = ((value is None and None in types) or (int in types and is_int(value))
           or (bool in types and isinstance(value, (bool, np.bool_)))
           or (str in types and isinstance(value, str)) or (list in types and isinstance(value, (list, tuple))))
     if not ok:
@@ -185,7 +182,7 @@ def _check_type(key: str, value: Any, types: tuple[Any, ...]) -> None:
 
 
 def _check_range(key: str, value: Any, low: int, high: int) -> int:
-    if not _is_int(value) or not low <= value <= high:
+    if not is_int(value) or not low <= value <= high:
         raise ValueError(f"corrupt JiTLoader state: field {key!r} must be an integer in [{low}, {high}], "
                          f"got {value!r}")
     return int(value)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from writers.checks import is_int
+
 __all__ = ["sample_permutation"]
 
 
 def sample_permutation(num_samples: int, seed: int) -> np.ndarray:
     """The writer's stored order: position ``p`` of the beton holds ImageFolder sample ``perm[p]``."""
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise ValueError(f"shuffle_seed must be an integer >= 0 (or None to keep folder order), got {seed!r}")
     return np.random.default_rng(np.random.SeedSequence([int(seed), 0x5A4D])).permutation(num_samples)
