@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jit_ffcv.ops import EpochCell, flip_decision, read_int64
+from jit_ffcv.ops import EpochCell, epoch_cell_of, flip_decision, read_int64
 from writers.checks import probability
 from writers.ffcv_api import IMAGE_MODES, AllocationQuery, Compiler, Reader, SimpleRGBImageDecoder, State, stored_field
 
@@ -76,7 +76,7 @@ class GatherJpegBytes(SimpleRGBImageDecoder):
         self.max_bytes = int(max_bytes)
         self.flip_prob = probability("flip_prob", flip_prob)
         self.seed = int(seed)
-        self.epoch_cell = epoch_cell or EpochCell()
+        self.epoch_cell = epoch_cell  # None: a JiTLoader hands it its cell (ops.hand_epoch)
 
     def declare_state_and_memory(self, previous_state: State) -> tuple[State, tuple[AllocationQuery, ...]]:
         """Two buffers per batch: the bytes and the info; a raw beton is refused here, before any epoch."""
@@ -92,7 +92,7 @@ class GatherJpegBytes(SimpleRGBImageDecoder):
         """Compile-ready gather: one parallel loop over the batch, bytes copied with one slice assignment."""
         mem_read = self.memory_read
         my_range = Compiler.get_iterator()
-        seed, prob, address, width = self.seed, self.flip_prob, self.epoch_cell.address, self.max_bytes
+        seed, prob, address, width = self.seed, self.flip_prob, epoch_cell_of(self).address, self.max_bytes
 
         def gather(batch_indices, buffers, metadata, storage_state):  # type: ignore[no-untyped-def]
             payload, info = buffers

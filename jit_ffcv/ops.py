@@ -39,8 +39,8 @@ from jit_ffcv.kernels import decode_batch, flip_decision, mirror_copy, mirror_in
 from jit_ffcv.layout import ToCHW
 from writers.ffcv_api import AllocationQuery, Compiler, Operation, SimpleRGBImageDecoder, State
 
-__all__ = ["JPG_MODE", "EpochCell", "FlipDecoder", "SeededHorizontalFlip", "ToUnitRange", "check_prob", "flip_decision",
-           "flip_mask", "hand_epoch", "mirror_copy", "mirror_inplace", "nchw_ops", "read_int64"]
+__all__ = ["JPG_MODE", "EpochCell", "FlipDecoder", "SeededHorizontalFlip", "ToUnitRange", "check_prob", "epoch_cell_of",
+           "flip_decision", "flip_mask", "hand_epoch", "mirror_copy", "mirror_inplace", "nchw_ops", "read_int64"]
 
 #: FFCV's ``IMAGE_MODES["jpg"]`` (a numba typed dict: reading it from Python compiles its lookup, ~2 s)
 JPG_MODE = 0
@@ -138,7 +138,7 @@ def _check_common(flip_prob: float, seed: int, epoch_cell: EpochCell | None) -> 
 _NO_EPOCH = EpochCell()  # read by ops whose flip_prob (0 or 1) needs no epoch; never set
 
 
-def _epoch_cell(op: Any) -> EpochCell:
+def epoch_cell_of(op: Any) -> EpochCell:
     """The cell ``op`` reads its epoch from; without one, only ``flip_prob`` 0 or 1 (no epoch needed) works."""
     if op.epoch_cell is None:
         if op.flip_prob not in (0.0, 1.0):
@@ -181,14 +181,14 @@ class FlipDecoder(SimpleRGBImageDecoder):
     def generate_code(self) -> Callable:
         """A call into the decode kernel compiled once per process, with this op's options as arguments."""
         kernel = variant(decode_batch, Compiler.num_threads)
-        _epoch_cell(self)  # no epoch to read: say so now, not at the first batch
+        epoch_cell_of(self)  # no epoch to read: say so now, not at the first batch
         seed, prob, flags, chw = np.int64(self.seed), np.float64(self.flip_prob), np.int32(self.jpeg_flags), self.chw
 
         @precompiled
         def decode(batch_indices, destination, metadata, storage_state):  # type: ignore[no-untyped-def]
             scratch, out = destination if chw else (destination, destination)
             per_thread = scratch.shape[0] >= numba.config.NUMBA_NUM_THREADS  # thread ids are below it
-            epoch = np.int64(_epoch_cell(self).get())  # the cell may be bound after this code was made
+            epoch = np.int64(epoch_cell_of(self).get())  # the cell may be bound after this code was made
             status = kernel(batch_indices, out, scratch, metadata, storage_state, JPG_MODE, seed, epoch, prob, flags,
                             chw, per_thread)
             raise_on_failure(status, batch_indices)
@@ -227,7 +227,7 @@ class SeededHorizontalFlip(Operation):
     def generate_code(self) -> Callable:
         """The in-place flip FFCV compiles (the template for custom ops)."""
         my_range = Compiler.get_iterator()
-        seed, prob, address = self.seed, self.flip_prob, _epoch_cell(self).address
+        seed, prob, address = self.seed, self.flip_prob, epoch_cell_of(self).address
 
         def flip(images, _dst, indices):  # type: ignore[no-untyped-def]
             epoch = read_int64(address)

@@ -222,3 +222,29 @@ def test_decode_device_cuda_checks_mode_package_and_cuda_at_construction(tmp_pat
     except ImportError:
         with pytest.raises(ImportError, match=r'pip install "jit-ffcv\[gpu\]"'):
             JiTDataModule(str(tmp_path), decode_device="cuda")
+
+
+def test_gathering_needs_the_loaders_epoch(jpg_beton: Path) -> None:
+    """Built without a cell it flips per the loader's epoch inside a JiTLoader, and says so in a bare FFCV Loader.
+
+    Unfixed, it made its own cell: in a bare Loader every epoch flipped as epoch 0, with no error.
+    """
+    from jit_ffcv.gpu_gather import FLIP as FLIP_COLUMN
+    from jit_ffcv.loader import JiTLoader
+    from jit_ffcv.ops import flip_mask
+    from jit_ffcv.traversal import SequentialOrder
+    from writers.ffcv_api import IntDecoder, Loader, OrderOption
+
+    width = max_payload_bytes(jpg_beton)
+    pipelines = {"label": [IntDecoder()], "index": None}
+    with pytest.raises(ValueError, match=r"GatherJpegBytes\(flip_prob=0.5\) has no epoch: use it in a JiTLoader"):
+        Loader(str(jpg_beton), batch_size=8, num_workers=1, order=OrderOption.SEQUENTIAL,
+               pipelines={"image": [GatherJpegBytes(width, seed=SEED)], **pipelines})
+    op = GatherJpegBytes(width, seed=SEED)
+    loader = JiTLoader(str(jpg_beton), batch_size=8, num_workers=1, order=SequentialOrder(), pin_memory=False,
+                       pipelines={"image": [op], **pipelines})
+    assert op.epoch_cell is loader.epoch_cell
+    for epoch in (0, 3):
+        loader.set_epoch(epoch)
+        flips = np.concatenate([np.array(info[:, FLIP_COLUMN]) for (_, info), _ in loader])
+        assert flips.tolist() == flip_mask(SEED, epoch, np.arange(len(flips)), 0.5).astype(int).tolist()
