@@ -1,39 +1,42 @@
-"""Epochs of a :class:`~jit_ffcv.loader.JiTLoader`, decoded by one long-lived thread that cannot hang its consumer.
+"""Epochs of a :class:`~jit_ffcv.loader.JiTLoader`: several whole batches in flight, delivered in order.
 
-FFCV's ``EpochIterator`` decodes each epoch in a new thread and hands batches over a
-queue, but an exception in that thread (a bad seed, a bug in a custom op) kills it
-silently and the consumer waits forever; closing it while it runs ahead with FFCV's
-process cache (``os_cache=False``) can strand it waiting for pages that will never
-be read. :class:`Epoch` keeps FFCV's decoding step (``run_pipeline``) and replaces
-the rest: errors travel through the queue to ``next()``, a closed epoch stops before
-its next batch, and the decoding thread, not the consumer, releases the epoch's page
-cache once it has stopped.
+FFCV's ``EpochIterator`` has one thread run each batch as a parallel loop over its images,
+then a join, batch after batch: every thread waits at every batch boundary for the slowest
+image, and none decodes while that one thread runs the batch's Python steps (measured here:
+79-82% of the 2-thread limit, and a fixed 0.35 ms per batch that would cap 64 threads at
+63%). Here each of the loader's ``num_workers`` :class:`DecodeThread` decodes *whole
+batches* (the ops' loops are plain, :func:`serial_codegen`), claiming the next batch of the
+epoch as soon as it has handed over its last one; batches are delivered in order, so the
+order, flips and pixels are the same for every thread count. Compiled code releases the
+GIL, so one thread's Python steps overlap the others' decoding.
 
-One :class:`DecodeThread` per loader runs its epochs one after another. A fresh
-thread per epoch (FFCV's way) costs, with numba's TBB layer, a start of epoch on one
-core: TBB's workers joined a new thread's parallel loops only after ~3 batches in
-about half the epochs (measured: 2x slower first batches, ~6% of a 3,000-image epoch).
+What stays from the one-thread design: an exception in a decoding thread travels to
+``next()`` (the batches before it are delivered first), a closed epoch stops its threads
+before their next batch, the threads, not the consumer, release the epoch's page cache
+once they have stopped, and the threads live as long as their loader (a fresh thread per
+epoch, FFCV's way, made numba's TBB workers join late; measured: 2x slower first batches).
 
-Reused buffers and asynchronous GPU copies: a consumer may copy a batch to the GPU
-with ``non_blocking=True`` (Lightning does) and the copy may run long after
-``next()`` returned, if the GPU is behind. So a slot is rewritten only after the
-GPU has passed the point where the consumer asked for the second batch after it:
-``next()`` records a CUDA event on the consumer's stream, and the thread waits for
-that event (on the CPU) before decoding into the slot again.
+Reused buffers and asynchronous GPU copies: a consumer may copy a batch to the GPU with
+``non_blocking=True`` (Lightning does) and the copy may run long after ``next()`` returned.
+So a slot is rewritten only after the GPU has passed the point where the consumer asked for
+the second batch after it: ``next()`` records a CUDA event on the consumer's stream, and the
+thread that claims the slot waits for that event (on the CPU) before decoding into it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from queue import Empty, Full, Queue
-from threading import Event, Thread
+from queue import Queue
+from threading import Condition, Event, Lock, Thread
 from typing import Any
 
 import torch
 
+from jit_ffcv.page_schedule import in_flight_batches
 from writers.ffcv_api import Compiler, chunks, run_pipeline
 
 #: batches a consumer may hold at once: the one in use and the one Lightning prefetches
@@ -41,11 +44,11 @@ HELD_BATCHES = 2
 
 
 class LoaderThreadError(RuntimeError):
-    """The decoding thread of an epoch raised; the original exception is chained as ``__cause__``."""
+    """A decoding thread of an epoch raised; the original exception is chained as ``__cause__``."""
 
 
 class ForkedLoaderError(RuntimeError):
-    """An epoch's iterator was used in a process forked after it started: its decoding thread is not there."""
+    """An epoch's iterator was used in a process forked after it started: its decoding threads are not there."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,20 @@ class _Failure:
     batch: int
 
 
-_END = object()
+def slots_for(batches_ahead: int, workers: int) -> int:
+    """Batch buffers an epoch needs: every thread's batch in flight (at least ``batches_ahead``), one, the held ones."""
+    return max(batches_ahead, workers) + 1 + HELD_BATCHES
+
+
+@contextlib.contextmanager
+def serial_codegen() -> Iterator[None]:
+    """Generate the ops' code with plain loops: each decoding thread runs a whole batch (FFCV reads the count then)."""
+    threads = Compiler.num_threads
+    Compiler.num_threads = 1
+    try:
+        yield
+    finally:
+        Compiler.num_threads = threads
 
 
 def _cuda_active() -> bool:
@@ -89,48 +105,82 @@ def release_event() -> Any:
 
 
 class DecodeThread(Thread):
-    """The thread that decodes a loader's epochs, one after another, for the loader's lifetime.
+    """One of a loader's decoding threads: takes epochs from its pool's queue and decodes batches of each."""
 
-    It holds no reference to the loader between epochs, and stops once the loader is
-    garbage-collected (or :meth:`stop` is called), so loaders that are dropped leave no thread.
-    """
-
-    def __init__(self, owner: object) -> None:
-        super().__init__(daemon=True, name="jit-ffcv decoder")
-        self.pid = os.getpid()  # a forked child inherits this object but not the thread
-        self._jobs: Queue[Epoch | None] = Queue()
-        self.busy = Event()  # set while an epoch runs
-        weakref.finalize(owner, self._jobs.put, None)
-        self.start()
-
-    def submit(self, epoch: Epoch) -> None:
-        """Run ``epoch`` after the ones already submitted."""
-        self._jobs.put(epoch)
-
-    def stop(self) -> None:
-        """Exit once the submitted epochs have run."""
-        self._jobs.put(None)
+    def __init__(self, jobs: Queue[Epoch | None], number: int) -> None:
+        super().__init__(daemon=True, name=f"jit-ffcv decoder {number}")
+        self._jobs = jobs
+        self.busy = Event()  # set while it works on an epoch
 
     def run(self) -> None:
-        """Run submitted epochs one after another until :meth:`stop` (or the owner is collected)."""
+        """Work on queued epochs until a ``None`` arrives (the pool stopped or its loader was collected)."""
         while (epoch := self._jobs.get()) is not None:
             self.busy.set()
             try:
-                epoch.run()
+                epoch.work()
             finally:
                 del epoch  # no reference to the loader while idle
                 self.busy.clear()
 
 
-class Epoch:
-    """Decodes one epoch's batches into ``slots`` reused buffers, ``batches_ahead`` ahead of the consumer.
+class DecodeThreads:
+    """A loader's decoding threads, for the loader's lifetime; every one of them works on each submitted epoch.
 
-    ``slots = batches_ahead + 1 + HELD_BATCHES``: a batch stays valid until the consumer has
-    taken the second batch after it (Lightning keeps the next batch prefetched while a step runs).
-    :meth:`run` runs in a :class:`DecodeThread`; the consumer iterates.
+    It holds no reference to the loader, and its threads exit once the loader is garbage-collected
+    (or :meth:`stop` is called), so loaders that are dropped leave no thread.
     """
 
-    #: seconds between checks of the stop flag while waiting on the queue (bounds close() latency)
+    def __init__(self, owner: object, count: int) -> None:
+        self.pid = os.getpid()  # a forked child inherits this object but not the threads
+        self._jobs: Queue[Epoch | None] = Queue()
+        self.threads = [DecodeThread(self._jobs, number) for number in range(count)]
+        weakref.finalize(owner, _stop, self._jobs, count)
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, epoch: Epoch) -> None:
+        """Have every thread work on ``epoch`` once the epochs submitted before it are done."""
+        for _ in self.threads:
+            self._jobs.put(epoch)
+
+    def stop(self) -> None:
+        """Let the threads exit once the submitted epochs have run."""
+        _stop(self._jobs, len(self.threads))
+
+    def is_alive(self) -> bool:
+        """True while every thread runs."""
+        return all(thread.is_alive() for thread in self.threads)
+
+    def busy(self) -> bool:
+        """True while any thread works on an epoch."""
+        return any(thread.busy.is_set() for thread in self.threads)
+
+
+def _stop(jobs: Queue[Epoch | None], count: int) -> None:
+    for _ in range(count):
+        jobs.put(None)
+
+
+class _PagesRequested:
+    """What FFCV's ``run_pipeline`` calls as ``memory_context``: a batch's pages were requested when it was claimed."""
+
+    @staticmethod
+    def start_batch(batch: int) -> None:
+        """Nothing left to do (see :meth:`Epoch._claim`)."""
+
+
+class Epoch:
+    """Decodes one epoch's batches into ``slots`` reused buffers with ``num_workers`` threads, delivers them in order.
+
+    Batch ``b`` goes to slot ``b % slots`` and is claimed (in order) once the consumer has released
+    the batch that slot held before and taken all but ``slots - HELD_BATCHES`` of the batches before
+    it: ``slots`` (:func:`slots_for`) leaves room for one batch per thread (at least ``batches_ahead``),
+    one ready, and the ``HELD_BATCHES`` the consumer holds (Lightning keeps the next batch prefetched
+    while a step runs). With one thread that is FFCV's ``batches_ahead`` ready batches plus one decoding.
+    :meth:`work` runs in each :class:`DecodeThread`.
+    """
+
+    #: seconds between checks of the stop flag while waiting (bounds close() latency)
     POLL_S = 0.05
     #: FFCV's decoding step of one batch (duck-typed: it reads the attributes set in __init__)
     run_pipeline = run_pipeline
@@ -139,100 +189,127 @@ class Epoch:
         self.loader = decoding  # FFCV's run_pipeline reads self.loader.code
         self.epoch = epoch
         self.pid = os.getpid()
-        self.num_workers = decoding.num_workers
         self.metadata = decoding.metadata
         self.batches = list(chunks(order, decoding.batch_size))
-        self.slots = decoding.batches_ahead + 1 + HELD_BATCHES
-        self.output_queue: Queue[Any] = Queue(decoding.batches_ahead)
+        self.slots = slots_for(decoding.batches_ahead, decoding.num_workers)
         self.terminate_event = Event()
-        self.finished = Event()  # set once run() has returned: the epoch's buffers are free
+        self.finished = Event()  # set once every thread has left: the epoch's buffers are free
+        self._state = Condition()  # guards what follows; threads and consumer wait on it
+        self._claim_lock = Lock()  # batches are claimed, and their pages requested, in order
+        self._claimed = 0  # batches claimed by threads so far
+        self._released = 0  # batches below this one are released by the consumer
+        self._delivered = 0  # batches the consumer has taken
+        self._ready: dict[int, Any] = {}  # batch -> (slot, result) or _Failure, until the consumer takes it
+        self._failed = False
+        self._working = decoding.num_workers  # DecodeThreads.submit queues the epoch once per thread
         self._done = False
         self._taken = 0  # batches handed to the consumer so far
-        self._released: list[Any] = [None] * self.slots  # per slot: event after which it may be rewritten
-        self.memory_context = decoding.memory_manager.schedule_epoch(self.batches)
-        self.memory_context.__enter__()
+        self._events: list[Any] = [None] * self.slots  # per slot: event after which it may be rewritten
+        self._pages = decoding.memory_manager.schedule_epoch(
+            in_flight_batches(decoding.memory_manager, self.batches, self.slots))
+        self._pages.__enter__()
         try:
-            self.storage_state = self.memory_context.state
+            self.storage_state = self._pages.state
+            self.memory_context = _PagesRequested()
             cuda = torch.cuda.is_available()
             self.cuda_streams = [torch.cuda.Stream() if cuda else None for _ in range(self.slots)]
             self.memory_allocations = decoding.allocate(decoding.batch_size, self.slots)
         except BaseException:
-            self.memory_context.__exit__(None, None, None)
+            self._pages.__exit__(None, None, None)
             raise
 
     @property
     def forked(self) -> bool:
-        """True in a process forked after this epoch started: its decoding thread runs in the parent only."""
+        """True in a process forked after this epoch started: its decoding threads run in the parent only."""
         return self.pid != os.getpid()
 
     # ----------------------------------------------------------- producer side
-    def run(self) -> None:
-        """Decode every batch (unless closed), then hand over the end marker or the failure."""
+    def work(self) -> None:
+        """Claim and decode batches until none is left (or the epoch is closed or failed); run by each thread."""
         try:
-            self._run()
+            while (batch := self._claim()) is not None:
+                try:
+                    slot = batch % self.slots
+                    self._wait_released(slot)
+                    item: Any = (slot, self.run_pipeline(batch, self.batches[batch], slot, None))
+                except BaseException as error:  # noqa: BLE001 - every failure must reach the consumer
+                    item = _Failure(error, batch)
+                self._publish(batch, item)
         finally:
-            self.finished.set()
+            self._leave()
 
-    def _run(self) -> None:
-        outcome: Any = _END
-        b_ix = 0
-        try:
-            Compiler.set_num_threads(self.num_workers)
-            for b_ix, indices in enumerate(self.batches):
-                if self.terminate_event.is_set():
-                    return
-                slot = b_ix % self.slots
-                self._wait_released(slot)
-                result = self.run_pipeline(b_ix, indices, slot, None)
-                if not self._hand_over((slot, result)):
-                    return
-        except BaseException as error:  # noqa: BLE001 - every failure must reach the consumer
-            outcome = _Failure(error, b_ix)
-        finally:
-            self.memory_context.__exit__(None, None, None)
-        self._hand_over(outcome)
+    def _stopping(self) -> bool:
+        return self.terminate_event.is_set() or self._failed
+
+    def _claim(self) -> int | None:
+        """The next batch, once its slot is released, with its pages requested; ``None`` when there is none to do."""
+        with self._claim_lock:
+            batch = self._claimed
+            with self._state:
+                while not self._stopping() and batch < len(self.batches) and not self._may_claim(batch):
+                    self._state.wait(self.POLL_S)
+                if self._stopping() or batch >= len(self.batches):
+                    return None
+                self._claimed += 1
+            try:
+                self._pages.start_batch(batch)  # in batch order (FFCV's process cache requires it)
+            except BaseException as error:  # noqa: BLE001
+                self._publish(batch, _Failure(error, batch))
+                return None
+            return batch
+
+    def _may_claim(self, batch: int) -> bool:
+        """True once ``batch`` is within ``slots - HELD_BATCHES`` of the consumer and its slot is released."""
+        return batch < self._delivered + self.slots - HELD_BATCHES and batch - self.slots < self._released
 
     def _wait_released(self, slot: int) -> None:
         """Block until the GPU work that may still read ``slot``'s previous batch has completed.
 
-        The consumer recorded the event when it asked for the second batch after that one;
-        it has asked by now: the queue holds at most ``batches_ahead`` batches and
-        ``slots = batches_ahead + 1 + HELD_BATCHES``.
+        The consumer recorded the event when it released that batch (:meth:`_claim` waited for it).
         """
-        event, self._released[slot] = self._released[slot], None
+        event, self._events[slot] = self._events[slot], None
         if event is not None:
             event.synchronize()
 
-    def _hand_over(self, item: Any) -> bool:
-        """Put ``item`` in the queue unless the epoch is closed first; True if it was put."""
-        while not self.terminate_event.is_set():
+    def _publish(self, batch: int, item: Any) -> None:
+        with self._state:
+            self._ready[batch] = item
+            self._failed = self._failed or isinstance(item, _Failure)
+            self._state.notify_all()
+
+    def _leave(self) -> None:
+        """One thread is done with the epoch; the last one releases the page cache and marks it finished."""
+        with self._state:
+            self._working -= 1
+            last = self._working == 0
+        if last:
             try:
-                self.output_queue.put(item, timeout=self.POLL_S)
-                return True
-            except Full:
-                pass
-        return False
+                self._pages.__exit__(None, None, None)
+            finally:
+                with self._state:
+                    self.finished.set()
+                    self._state.notify_all()
 
     # ----------------------------------------------------------- consumer side
     def __next__(self) -> Any:
         if self._done:
             raise StopIteration
-        if self.forked:  # before any lock: the parent's thread may have held one at the fork
+        if self.forked:  # before any lock: a parent's thread may have held one at the fork
             self._done = True
             raise ForkedLoaderError(
                 f"this iterator of epoch {self.epoch} was started in process {self.pid}, and this process "
-                f"({os.getpid()}) was forked from it: its decoding thread did not come along; start the epoch "
+                f"({os.getpid()}) was forked from it: its decoding threads did not come along; start the epoch "
                 f"again in this process with iter(loader) (after set_epoch({self.epoch}) to rerun it)")
         if self._taken >= HELD_BATCHES:  # the consumer is done with batch _taken - HELD_BATCHES
-            self._released[(self._taken - HELD_BATCHES) % self.slots] = release_event()
-        item = self._take()
-        if item is _END:
+            self._release(self._taken - HELD_BATCHES)
+        if self._taken >= len(self.batches):
             self._done = True
             raise StopIteration
+        item = self._take(self._taken)
         if isinstance(item, _Failure):
             self._done = True
             raise LoaderThreadError(
-                f"the decoding thread of epoch {self.epoch} failed at batch {item.batch} "
+                f"a decoding thread of epoch {self.epoch} failed at batch {item.batch} "
                 f"({type(item.error).__name__}: {item.error}); see the chained traceback above"
             ) from item.error
         slot, result = item
@@ -241,20 +318,31 @@ class Epoch:
             torch.cuda.current_stream().wait_stream(self.cuda_streams[slot])  # its device copies, if any
         return result
 
-    def _take(self) -> Any:
-        """Next queue item; an error instead of a hang if the thread stopped without one."""
-        while True:
-            try:
-                return self.output_queue.get(timeout=self.POLL_S)
-            except Empty:
-                if self.finished.is_set() and self.output_queue.empty():
+    def _release(self, batch: int) -> None:
+        """Let a thread decode into ``batch``'s slot once the GPU work queued so far has completed."""
+        self._events[batch % self.slots] = release_event()
+        with self._state:
+            self._released = batch + 1
+            self._state.notify_all()
+
+    def _take(self, batch: int) -> Any:
+        """Batch ``batch``'s item once decoded; an error instead of a hang if the threads stopped without it."""
+        with self._state:
+            while batch not in self._ready:
+                if self.finished.is_set():
                     self._done = True
-                    raise RuntimeError(f"epoch {self.epoch} was closed; start a new one with iter(loader)") from None
+                    raise RuntimeError(f"epoch {self.epoch} was closed; start a new one with iter(loader)")
+                self._state.wait(self.POLL_S)
+            self._delivered = batch + 1
+            self._state.notify_all()
+            return self._ready.pop(batch)
 
     def close(self) -> None:
-        """Ask the decoding thread to stop after its current batch (it then releases the page cache itself)."""
+        """Ask the decoding threads to stop after their current batch (the last one releases the page cache)."""
         self.terminate_event.set()
+        with self._state:
+            self._state.notify_all()
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait until :meth:`run` has returned (or ``timeout`` s); True if it has."""
+        """Wait until every thread has left the epoch (or ``timeout`` s); True if they have."""
         return self.finished.wait(timeout)

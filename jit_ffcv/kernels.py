@@ -167,13 +167,12 @@ def _read_sample(address, state):  # type: ignore[no-untyped-def]  # numba's typ
 
 # --------------------------------------------------------------------------- batch kernels
 def _decode_batch(loop: Callable, source_hash: str) -> Callable:
-    def decode_batch(indices, out, scratch, metadata, state, jpg, seed, epoch, prob, flags, chw,  # type: ignore[no-untyped-def]  # noqa: E501
-                     per_thread):
+    def decode_batch(indices, out, scratch, metadata, state, jpg, seed, epoch, prob, flags, chw):  # type: ignore[no-untyped-def]  # noqa: E501
         """Decode (JPEG) or copy (raw) each sample of ``indices`` into ``out``, mirrored where the flip hash says.
 
-        ``chw``: ``out`` is Bx3xHxW, a JPEG is decoded into its thread's HxWx3 ``scratch`` image
-        (``per_thread``: one per numba thread, reused, so it stays in that core's cache; else one per
-        sample) and transposed right away; else ``out`` is BxHxWx3.
+        ``chw``: ``out`` is Bx3xHxW, a JPEG is decoded into its numba thread's HxWx3 ``scratch`` image
+        (``scratch[numba.get_thread_id()]``, reused, so it stays in that core's cache) and transposed
+        right away; else ``out`` is BxHxWx3.
         Returns the decode status of each sample (0: decoded).
         """
         source_hash  # noqa: B018  (a closure value: part of numba's cache key)
@@ -184,7 +183,7 @@ def _decode_batch(loop: Callable, source_hash: str) -> Callable:
             data = read_sample(np.uint64(field["data_ptr"]), state)
             flip = flip_decision(seed, epoch, index, prob)
             if field["mode"] == jpg:
-                image = (scratch[numba.get_thread_id()] if per_thread else scratch[i]) if chw else out[i]
+                image = scratch[numba.get_thread_id()] if chw else out[i]
                 status[i] = decode_rgb(data, image, flags)
                 if status[i] != 0:
                     continue

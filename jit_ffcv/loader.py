@@ -17,14 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from jit_ffcv.epoch import DecodeThread, Decoding, Epoch
+from jit_ffcv.epoch import DecodeThreads, Decoding, Epoch, serial_codegen
 from jit_ffcv.guards import check_devices, check_steps, check_unchanged, file_identity
 from jit_ffcv.loader_state import MAX_EPOCH, Spec, check_fields, layout_fingerprint
 from jit_ffcv.ops import EpochCell, hand_epoch
 from jit_ffcv.resume import ResumeTracker
 from jit_ffcv.traversal import ShardedOrder
 from writers.checks import is_int
-from writers.ffcv_api import AllocationQuery, Compiler, Loader, stored_field
+from writers.ffcv_api import AllocationQuery, Loader, stored_field
 from writers.metadata import read_metadata
 
 
@@ -44,6 +44,11 @@ class EpochSampler:
         """The epoch the next iteration of the loader will run."""
         return int(self._loader.next_epoch)
 
+    def generate_code(self) -> None:
+        """FFCV's code generation, with each op's loop over a batch plain: one thread runs a whole batch."""
+        with serial_codegen():
+            super().generate_code()
+
     def set_epoch(self, epoch: int) -> None:
         """Make the next iteration of the loader run ``epoch`` (Lightning calls this)."""
         self._loader.set_epoch(epoch)
@@ -59,13 +64,14 @@ class EpochSampler:
 class JiTLoader(Loader):
     """FFCV ``Loader`` with ``set_epoch``, a ``sampler`` view and an epoch cell for seeded ops.
 
-    Each epoch is an :class:`~jit_ffcv.epoch.Epoch` decoded by the loader's one
-    :class:`~jit_ffcv.epoch.DecodeThread` (errors reach ``next()``, closing never hangs), one epoch
-    at a time: starting a new iterator ends the previous one, which then raises instead of returning another
-    epoch's batches. The batch buffers are kept from one epoch to the next: FFCV allocates fresh ones every epoch
-    and pays a first-touch page fault for every 4 KiB of them, a visible cost on short epochs.
-    ``pin_memory=False`` keeps them pageable. A loader forked into a child process starts a decoding thread of
-    its own there (an iterator started before the fork raises :class:`~jit_ffcv.epoch.ForkedLoaderError`).
+    Each epoch is an :class:`~jit_ffcv.epoch.Epoch` decoded by the loader's ``num_workers`` decoding threads,
+    each a whole batch at a time (the ops' loops are plain, :func:`~jit_ffcv.epoch.serial_codegen`); errors reach
+    ``next()`` and closing never hangs. One epoch at a time: starting a new iterator ends the previous one, which
+    then raises instead of returning another epoch's batches. The batch buffers are kept from one epoch to the
+    next: FFCV allocates fresh ones every epoch and pays a first-touch page fault for every 4 KiB of them, a
+    visible cost on short epochs. ``pin_memory=False`` keeps them pageable. A loader forked into a child process
+    starts decoding threads of its own there (an iterator started before the fork raises
+    :class:`~jit_ffcv.epoch.ForkedLoaderError`).
     """
 
     #: seconds to wait for an abandoned epoch's thread before giving up buffer reuse
@@ -81,7 +87,7 @@ class JiTLoader(Loader):
         self.pin_memory = bool(pin_memory)
         self._buffers: Any = None
         self._running: Epoch | None = None  # the current epoch
-        self._decoder: DecodeThread | None = None  # started at the first epoch
+        self._decoder: DecodeThreads | None = None  # started at the first epoch
         self.resume = ResumeTracker()  # position in the epoch, for state_dict / load_state_dict
         self._spec: Spec | None = None  # what a state must match, computed at the first state_dict/load_state_dict
         self._epoch_chosen = False  # set_epoch or load_state_dict was called (else FFCV counts epochs from 0)
@@ -96,6 +102,11 @@ class JiTLoader(Loader):
         if self._buffers is None:
             self._buffers = allocate_buffers(self.graph, batch_size, slots, pin=self.pin_memory)
         return self._buffers
+
+    def generate_code(self) -> None:
+        """FFCV's code generation, with each op's loop over a batch plain: one thread runs a whole batch."""
+        with serial_codegen():
+            super().generate_code()
 
     def set_epoch(self, epoch: int) -> None:
         """Run ``epoch`` next (FFCV otherwise counts epochs itself, starting at 0)."""
@@ -162,7 +173,6 @@ class JiTLoader(Loader):
     def _start_epoch(self) -> Epoch:
         """Start decoding ``next_epoch`` (what FFCV's ``Loader.__iter__`` does)."""
         check_unchanged(self.reader.file_name, self._identity)
-        Compiler.set_num_threads(self.num_workers)
         epoch = self.next_epoch
         order = self.next_traversal_order()[: len(self) * self.batch_size]
         self.next_epoch += 1
@@ -172,12 +182,12 @@ class JiTLoader(Loader):
                                  allocate=self.graph.allocate_memory, batch_size=self.batch_size,
                                  batches_ahead=self.batches_ahead, num_workers=self.num_workers), order, epoch)
         if self._decoder is None:
-            self._decoder = DecodeThread(owner=self)
+            self._decoder = DecodeThreads(owner=self, count=self.num_workers)
         self._decoder.submit(running)
         return running
 
     def _finish(self, epoch: Epoch) -> None:
-        """Stop ``epoch``; if it will not stop, give the next epoch fresh buffers and a fresh thread."""
+        """Stop ``epoch``; if it will not stop, give the next epoch fresh buffers and fresh threads."""
         if epoch.forked:  # its thread runs in the parent process: nothing to stop here
             return
         epoch.close()
@@ -188,7 +198,7 @@ class JiTLoader(Loader):
                 self._decoder = None
 
     def _after_fork(self) -> None:
-        """In a forked child, forget the parent's decoding thread and running epoch: they did not come along."""
+        """In a forked child, forget the parent's decoding threads and running epoch: they did not come along."""
         if self._decoder is not None and self._decoder.pid != os.getpid():
             self._decoder = None
             if self._running is not None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import numbers
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -169,32 +170,45 @@ class FlipDecoder(SimpleRGBImageDecoder):
         self.jpeg_decode = jpeg_decode
         self.chw = _check("chw", chw, bool, "True or False")
 
-    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery | tuple]:
-        """HWC: one HxWx3 buffer. CHW: an HxWx3 scratch (JPEG decoding) and the 3xHxW output."""
+    def declare_state_and_memory(self, previous_state: State) -> tuple[State, AllocationQuery]:
+        """HWC: one HxWx3 buffer. CHW: the 3xHxW output (JPEGs are decoded into a per-thread scratch image)."""
         state, hwc = super().declare_state_and_memory(previous_state)
+        self._hwc = state.shape
         if not self.chw:
             return state, hwc
         height, width, channels = state.shape
         shape = (channels, height, width)
-        return replace(state, shape=shape), (hwc, AllocationQuery(shape, state.dtype))
+        return replace(state, shape=shape), AllocationQuery(shape, state.dtype)
 
     def generate_code(self) -> Callable:
         """A call into the decode kernel compiled once per process, with this op's options as arguments."""
         kernel = variant(decode_batch, Compiler.num_threads)
         epoch_cell_of(self)  # no epoch to read: say so now, not at the first batch
         seed, prob, flags, chw = np.int64(self.seed), np.float64(self.flip_prob), np.int32(self.jpeg_flags), self.chw
+        hwc, numba_threads = self._hwc, numba.config.NUMBA_NUM_THREADS if Compiler.num_threads > 1 else 1
 
         @precompiled
         def decode(batch_indices, destination, metadata, storage_state):  # type: ignore[no-untyped-def]
-            scratch, out = destination if chw else (destination, destination)
-            per_thread = scratch.shape[0] >= numba.config.NUMBA_NUM_THREADS  # thread ids are below it
+            out = destination
+            scratch = thread_scratch(hwc, numba_threads) if chw else out
             epoch = np.int64(epoch_cell_of(self).get())  # the cell may be bound after this code was made
             status = kernel(batch_indices, out, scratch, metadata, storage_state, JPG_MODE, seed, epoch, prob, flags,
-                            chw, per_thread)
+                            chw)
             raise_on_failure(status, batch_indices)
             return out[: len(batch_indices)]
 
         return decode
+
+
+_scratch = threading.local()
+
+
+def thread_scratch(shape: tuple[int, ...], count: int) -> np.ndarray:
+    """This thread's ``count`` uint8 images of ``shape`` (one per numba thread it may run), kept for reuse."""
+    images = _scratch.__dict__.setdefault("images", {})
+    if (shape, count) not in images:
+        images[(shape, count)] = np.empty((count, *shape), dtype=np.uint8)
+    return images[(shape, count)]
 
 
 def nchw_ops(image_ops: list[Operation]) -> list[Operation]:

@@ -167,38 +167,42 @@ def test_epoch_starts_at_first_next(synthetic: SyntheticFolder, beton_dir: Path,
     assert loader.sampler.epoch == 4
 
 
-def test_abandoned_epoch_stops_decoding(synthetic: SyntheticFolder, beton_dir: Path, reference: tuple) -> None:
-    loader = make_dm(synthetic, beton_dir).train_dataloader()
+@pytest.mark.parametrize("workers", [1, 2])
+def test_abandoned_epoch_stops_decoding(synthetic: SyntheticFolder, beton_dir: Path, reference: tuple,
+                                        workers: int) -> None:
+    loader = make_dm(synthetic, beton_dir, num_workers=workers).train_dataloader()
     order = list(loader.sampler)
     it = iter(loader)
     first_x, first_y = next(it)
     assert first_y.tolist() == reference[1][order[:B]].tolist()
     running, decoder = loader._running, loader._decoder
-    assert not running.finished.is_set() and decoder.busy.is_set()  # it decodes ahead
+    assert not running.finished.is_set() and decoder.busy()  # it decodes ahead
     del it, first_x, first_y  # e.g. Lightning's limit_train_batches: the epoch is left unfinished
     assert running.finished.wait(timeout=10) and loader._running is None
-    assert wait_until(lambda: not decoder.busy.is_set())
-    # the loader is still usable, on the same thread: the next epoch (1) is complete and exact
+    assert wait_until(lambda: not decoder.busy())
+    # the loader is still usable, on the same threads: the next epoch (1) is complete and exact
     order, _, labels, epoch = run_epoch(loader)
     assert epoch == 1 and labels.tolist() == reference[1][order].tolist()
     assert loader._decoder is decoder and decoder.is_alive()
 
 
-def test_one_decoding_thread_per_loader_and_none_after_it(synthetic: SyntheticFolder, beton_dir: Path) -> None:
-    """Epochs share one thread (a fresh one per epoch starts slowly under numba's TBB layer); a dropped loader
-    leaves no thread behind, however many epochs and loaders ran."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_num_workers_threads_per_loader_and_none_after_it(synthetic: SyntheticFolder, beton_dir: Path,
+                                                          workers: int) -> None:
+    """Epochs share the loader's threads (a fresh one per epoch starts slowly under numba's TBB layer); a dropped
+    loader leaves no thread behind, however many epochs and loaders ran."""
 
     def decoders() -> set[threading.Thread]:
         return {t for t in threading.enumerate() if isinstance(t, DecodeThread)}
 
     before = decoders()
-    dm = make_dm(synthetic, beton_dir)
+    dm = make_dm(synthetic, beton_dir, num_workers=workers)
     for _ in range(3):
         loader = dm.train_dataloader()  # the DataModule drops its previous loader
         gc.collect()
         for _ in range(3):
             run_epoch(loader)
-        assert wait_until(lambda: len(decoders() - before) == 1)  # this loader's, the previous one's is gone
+        assert wait_until(lambda: len(decoders() - before) == workers)  # this loader's; the previous one's are gone
     del dm, loader
     gc.collect()
     assert wait_until(lambda: decoders() - before == set())

@@ -1,4 +1,4 @@
-"""A real 2-process DDP fit on CPU (gloo): each rank trains on exactly its predicted shard, per epoch."""
+"""A real 2-process DDP fit on CPU (gloo), 2 decoding threads per rank: each rank trains on its predicted shard."""
 
 from __future__ import annotations
 

@@ -39,10 +39,11 @@ def paged_beton(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def run_child(scenario: str, beton: Path, timeout: float = 120) -> dict[str, Any]:
+def run_child(scenario: str, beton: Path, workers: int = 1, timeout: float = 120) -> dict[str, Any]:
     """Run a scenario of tests/helpers/loader_child.py; a hang fails the test at ``timeout`` instead of hanging it."""
     try:
-        proc = subprocess.run([sys.executable, str(CHILD), scenario, str(beton)], capture_output=True, text=True,
+        proc = subprocess.run([sys.executable, str(CHILD), scenario, str(beton), str(workers)],
+                              capture_output=True, text=True,
                               timeout=timeout, cwd=str(ROOT), env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     except subprocess.TimeoutExpired:
         pytest.fail(f"scenario {scenario!r} hung for {timeout} s")
@@ -53,8 +54,9 @@ def run_child(scenario: str, beton: Path, timeout: float = 120) -> dict[str, Any
 # --------------------------------------------------------------------------- #
 # failures in the decoding thread reach next()
 # --------------------------------------------------------------------------- #
-def test_custom_op_error_reaches_next(paged_beton: Path) -> None:
-    result = run_child("op_error", paged_beton)
+@pytest.mark.parametrize("workers", [1, 3])
+def test_custom_op_error_reaches_next(paged_beton: Path, workers: int) -> None:
+    result = run_child("op_error", paged_beton, workers)
     assert result["labels"] == [0, 1, 2, 3]  # batch 0 is delivered, batch 1 holds sample BAD_INDEX
     assert BAD_INDEX // 4 == 1
     assert result["type"] == "LoaderThreadError"
@@ -64,9 +66,10 @@ def test_custom_op_error_reaches_next(paged_beton: Path) -> None:
     assert result["seconds"] < 60  # includes numba compiling the pipeline
 
 
-def test_compile_error_in_the_thread_reaches_next(paged_beton: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 3])
+def test_compile_error_in_the_thread_reaches_next(paged_beton: Path, workers: int) -> None:
     """A custom op numba cannot type fails to compile inside the decoding thread: the error reaches next()."""
-    result = run_child("compile_error", paged_beton)
+    result = run_child("compile_error", paged_beton, workers)
     assert result["labels"] == [] and result["type"] == "LoaderThreadError"
     assert result["cause"] == "TypingError" and "not a number" in result["cause_message"]
     assert result["seconds"] < 60
@@ -75,32 +78,35 @@ def test_compile_error_in_the_thread_reaches_next(paged_beton: Path) -> None:
 # --------------------------------------------------------------------------- #
 # two iterators, abandoned epochs
 # --------------------------------------------------------------------------- #
-def test_stale_iterator_raises(paged_beton: Path) -> None:
-    result = run_child("stale", paged_beton)
+@pytest.mark.parametrize("workers", [1, 3])
+def test_stale_iterator_raises(paged_beton: Path, workers: int) -> None:
+    result = run_child("stale", paged_beton, workers)
     assert result["first"] == [0, 1, 2, 3]
     assert sum(result["second"], []) == list(range(PAGED_N))  # the newer iterator runs its whole epoch
     assert result["type"] == "RuntimeError" and "ended by a newer iter(loader)" in result["message"]
     assert result["seconds"] < 1
 
 
-def test_abandoned_epochs_with_process_cache_do_not_stall(paged_beton: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 3])
+def test_abandoned_epochs_with_process_cache_do_not_stall(paged_beton: Path, workers: int) -> None:
     """os_cache=False, batches_ahead=4: each abandoned epoch used to cost a 10 s join and a stuck thread."""
-    result = run_child("abandon", paged_beton)
+    result = run_child("abandon", paged_beton, workers)
     # the first restart includes compiling; the others only wait for the batch being decoded (50 ms op)
     assert max(result["restart_seconds"][1:]) < 2.0, result["restart_seconds"]
     assert result["labels"] == list(range(4, PAGED_N))  # the 3rd epoch ran to the end (batch 0 was taken before)
     assert result["epoch"] == 3
     assert result["extra_threads"] == 0  # no page reader left behind
-    assert result["decoders_busy"] == [False]  # the loader's one decoding thread, idle: no epoch left running
+    assert result["decoders_busy"] == [False] * workers  # the loader's decoding threads, idle: no epoch left running
 
 
 # --------------------------------------------------------------------------- #
 # a consumer may hold two batches (Lightning prefetches one)
 # --------------------------------------------------------------------------- #
-def test_held_batch_survives_the_next_fetch(paged_beton: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 3])
+def test_held_batch_survives_the_next_fetch(paged_beton: Path, workers: int) -> None:
     """Old slots (batches_ahead + 2) let the thread overwrite batch b - 1 as soon as batch b was taken."""
     images, _ = read_beton(paged_beton)
-    loader = make_loader(str(paged_beton), [SimpleRGBImageDecoder()], batches_ahead=1)
+    loader = make_loader(str(paged_beton), [SimpleRGBImageDecoder()], batches_ahead=1, num_workers=workers)
     it = iter(loader)
     held = [next(it)]
     for b in range(1, PAGED_N // 4):
@@ -128,25 +134,28 @@ class PendingCopy:
             raise TimeoutError("PendingCopy was never completed")
 
 
-def test_slot_is_not_rewritten_while_a_gpu_copy_may_read_it(paged_beton: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("workers", [1, 3])
+def test_slot_is_not_rewritten_while_a_gpu_copy_may_read_it(paged_beton: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            workers: int) -> None:
     """A consumer copies batch 0 with non_blocking=True and the GPU runs behind: slot 0 must wait for it."""
     images, _ = read_beton(paged_beton)
     events: list[PendingCopy] = []
     monkeypatch.setattr(jit_ffcv.epoch, "release_event",
                         lambda: events.append(PendingCopy(done=bool(events))) or events[-1])
-    loader = make_loader(str(paged_beton), [SimpleRGBImageDecoder()], batches_ahead=1)  # 4 slots of 4 images
+    slots = jit_ffcv.epoch.slots_for(1, workers)  # 4 slots of 4 images with one thread, 6 with three
+    loader = make_loader(str(paged_beton), [SimpleRGBImageDecoder()], batches_ahead=1, num_workers=workers)
     it = iter(loader)
     first, _ = next(it)  # batch 0, slot 0: its GPU copy is still queued (events[0] pending)
-    for _ in range(3):
-        next(it)  # batches 1-3; asking for batch 2 recorded events[0], the release of batch 0
-    assert events[0].waited.wait(10), "the thread never asked whether slot 0 was free"
-    time.sleep(0.3)  # the thread now wants slot 0 for batch 4
+    for _ in range(slots - 1):
+        next(it)  # batches 1 to slots - 1; asking for batch 2 recorded events[0], the release of batch 0
+    assert events[0].waited.wait(10), "no thread asked whether slot 0 was free"
+    time.sleep(0.3)  # a thread now wants slot 0 for batch `slots`
     assert np.array_equal(first.numpy(), images[0:4].transpose(0, 3, 1, 2))  # still batch 0
     events[0].done.set()  # the GPU catches up
-    fourth, labels = next(it)
-    assert labels.reshape(-1).tolist() == [16, 17, 18, 19]
-    assert fourth.data_ptr() == first.data_ptr()  # same slot, rewritten only now
-    assert np.array_equal(first.numpy(), images[16:20].transpose(0, 3, 1, 2))
+    again, labels = next(it)
+    assert labels.reshape(-1).tolist() == list(range(4 * slots, 4 * slots + 4))
+    assert again.data_ptr() == first.data_ptr()  # same slot, rewritten only now
+    assert np.array_equal(first.numpy(), images[4 * slots: 4 * slots + 4].transpose(0, 3, 1, 2))
 
 
 # --------------------------------------------------------------------------- #

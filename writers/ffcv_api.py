@@ -62,6 +62,10 @@ TOUCH_POINTS: tuple[str, ...] = (
     "ffcv.memory_managers.os_cache:OSCacheManager.compile_reader",  # replaced: FFCV's mutates numba's types
     "ffcv.memory_managers.os_cache:OSCacheContext.state",  # jit_ffcv.kernels reads (mmap, ptrs, sizes)
     "ffcv.memory_managers.process_cache.context:ProcessCacheContext.state",  # (pages, ptrs, sizes, page slots)
+    "ffcv.memory_managers.process_cache.manager:ProcessCacheManager",  # jit_ffcv.page_schedule: the page cache
+    "ffcv.loader.loader:Loader().memory_manager.sample_to_pages",  # jit_ffcv.page_schedule: pages of each sample
+    "ffcv.pipeline.compiler:Compiler.num_threads",  # jit_ffcv.epoch.serial_codegen: plain loops per thread
+    "ffcv.memory_managers.process_cache.schedule:compute_schedule",  # tests: page slot reuse, batches in flight
 )
 
 
@@ -89,6 +93,8 @@ from ffcv.loader import Loader, OrderOption  # noqa: E402
 from ffcv.loader.epoch_iterator import EpochIterator  # noqa: E402
 from ffcv.memory_allocator import MemoryAllocator  # noqa: E402
 from ffcv.memory_managers.os_cache import OSCacheManager  # noqa: E402
+from ffcv.memory_managers.process_cache.manager import ProcessCacheManager  # noqa: E402
+from ffcv.memory_managers.process_cache.schedule import compute_schedule  # noqa: E402
 from ffcv.pipeline.allocation_query import AllocationQuery  # noqa: E402
 from ffcv.pipeline.compiler import Compiler  # noqa: E402
 from ffcv.pipeline.operation import Operation  # noqa: E402
@@ -107,9 +113,14 @@ _ffcv_set_num_threads = Compiler.set_num_threads.__func__
 
 
 def _set_numba_threads(cls: type, n: int) -> None:
-    """FFCV's ``set_num_threads`` for numba, with torch's thread count restored."""
+    """FFCV's ``set_num_threads`` for numba, with torch's thread count restored and numba's capped at its limit.
+
+    FFCV raises for more threads than numba started (``NUMBA_NUM_THREADS``, the CPU count); jit-ffcv's
+    decoding threads are Python threads (``Compiler.num_threads`` keeps the count asked for).
+    """
     keep = torch.get_num_threads()
-    _ffcv_set_num_threads(cls, n)
+    _ffcv_set_num_threads(cls, min(n, numba.config.NUMBA_NUM_THREADS) if n >= 1 else n)
+    cls.num_threads = n if n >= 1 else cls.num_threads
     torch.set_num_threads(keep)
 
 
@@ -221,8 +232,9 @@ def stored_field(reader: Reader, name: str) -> np.ndarray | None:
 __all__ = [
     "ALLOC_TABLE_TYPE", "AllocationQuery", "Compiler", "DatasetWriter", "FFCV_VERSION", "Field", "FieldDescType",
     "HeaderType", "IMAGE_MODES", "IMAGE_MODE_CODES", "IntDecoder", "IntField", "Loader", "MemoryAllocator",
-    "Operation", "OrderOption", "RGBImageField", "RandomHorizontalFlip", "Reader", "SimpleRGBImageDecoder", "Squeeze",
+    "Operation", "OrderOption", "ProcessCacheManager", "RGBImageField", "RandomHorizontalFlip", "Reader",
+    "SimpleRGBImageDecoder", "Squeeze",
     "State", "TOUCH_POINTS", "ToDevice", "ToTensor", "ToTorchImage", "TraversalOrder", "chunks", "field_column",
     "stored_field",
-    "get_metadata_type", "imdecode", "memcpy", "run_pipeline",
+    "compute_schedule", "get_metadata_type", "imdecode", "memcpy", "run_pipeline",
 ]

@@ -64,7 +64,7 @@ class Recorder(pl.LightningModule):
 
 
 def main(data: str, beton_dir: str, out: str, val_beton: str) -> None:
-    dm = JiTDataModule(data_path=data, img_size=64, batch_size=BATCH, num_workers=1, mode="raw", write_workers=0,
+    dm = JiTDataModule(data_path=data, img_size=64, batch_size=BATCH, num_workers=2, mode="raw", write_workers=0,
                        beton_dir=beton_dir, seed=SEED, flip_prob=FLIP, val_beton=val_beton, batches_ahead=1)
     model = Recorder()
     trainer = pl.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_epochs=2, logger=False,

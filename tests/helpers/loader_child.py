@@ -1,6 +1,7 @@
 """Loader failure scenarios run in a child process by tests/test_loader.py (not a test module itself).
 
-``python tests/helpers/loader_child.py SCENARIO BETON`` prints one JSON line. Scenarios that
+``python tests/helpers/loader_child.py SCENARIO BETON [WORKERS]`` prints one JSON line (WORKERS: decoding
+threads, default 1). Scenarios that
 hang on a broken loader run here so that the test can bound them with a timeout.
 """
 
@@ -24,6 +25,7 @@ from jit_ffcv.traversal import SequentialOrder
 from writers.ffcv_api import Compiler, IntDecoder, Operation, SimpleRGBImageDecoder, State, ToTensor
 
 BAD_INDEX = 7  # the sample whose decoding fails in the "op_error" scenario
+WORKERS = [1]  # decoding threads of the loaders built here (the optional third argument)
 
 
 class FailAt(Operation):
@@ -76,7 +78,7 @@ class Slow(Operation):
 
 def make_loader(beton: str, image_ops: list[Operation], tail: tuple[Operation, ...] = (), **kwargs: Any) -> JiTLoader:
     """Sequential loader of ``beton``, batches of 4: ``image_ops`` (HWC), then CHW tensors, then ``tail``."""
-    options: dict[str, Any] = dict(batch_size=4, num_workers=1, order=SequentialOrder(), drop_last=False)
+    options: dict[str, Any] = dict(batch_size=4, num_workers=WORKERS[0], order=SequentialOrder(), drop_last=False)
     options.update(kwargs)
     return JiTLoader(beton, pipelines={"image": image_ops + [ToCHW(), ToTensor(), *tail],
                                        "label": [IntDecoder(), ToTensor()]}, **options)
@@ -152,5 +154,6 @@ def abandon(beton: str) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    WORKERS[0] = int(sys.argv[3]) if len(sys.argv) > 3 else 1
     result = globals()[sys.argv[1]](sys.argv[2])
     print(json.dumps(result, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o)))
