@@ -84,9 +84,9 @@ class JiTDataModule(pl.LightningDataModule):
         data_path: dataset root with ``train/<class>/<img>`` and optionally ``val/``.
         img_size: crop size (the ADM crop is applied once, when the beton is written).
         batch_size: per-device batch size.
-        num_workers: decoding threads per process (FFCV uses threads, not processes); capped at numba's
-            thread limit (the number of cores), which FFCV would otherwise reject. ``0`` (how JiT users
-            debug a ``DataLoader``) runs one decoding thread: same batches, one core.
+        num_workers: decoding threads per process (FFCV uses threads, not processes), each decoding whole
+            batches; capped at numba's thread limit (the number of cores). ``0`` (how JiT users debug a
+            ``DataLoader``) runs one decoding thread: same batches, one core.
         pin_memory: pin the batch buffers (page-locked, for fast non-blocking copies to CUDA); only
             possible when CUDA is present. ``False`` keeps them pageable.
         num_replicas, rank: sharding; by default from ``torch.distributed``, else the Trainer.
@@ -101,7 +101,8 @@ class JiTDataModule(pl.LightningDataModule):
         seed: seed of the order and of the flips (both are functions of seed, epoch, index); 0 <= seed < 2**63.
         drop_last: drop the last partial batch of each epoch (JiT's ``DataLoader(drop_last=True)``).
         sampler_drop_last: DistributedSampler's ``drop_last``: N//W samples per rank instead of padding.
-        batches_ahead: batches FFCV prepares in advance.
+        batches_ahead: batches prepared in advance (at least ``num_workers``: one per thread). The loader
+            keeps ``max(batches_ahead, num_workers) + 3`` batch buffers.
         flip_prob: probability of a horizontal flip (train only).
         output: ``uint8`` NCHW in [0, 255] or ``float`` (x/255*2-1) on ``device``.
         channels_last: images in channels-last memory (NHWC, what FFCV gives for free) instead of

@@ -4,8 +4,8 @@ FFCV's ``EpochIterator`` has one thread run each batch as a parallel loop over i
 then a join, batch after batch: every thread waits at every batch boundary for the slowest
 image, and none decodes while that one thread runs the batch's Python steps (measured here:
 79-82% of the 2-thread limit, and a fixed 0.35 ms per batch that would cap 64 threads at
-63%). Here each of the loader's ``num_workers`` :class:`DecodeThread` decodes *whole
-batches* (the ops' loops are plain, :func:`serial_codegen`), claiming the next batch of the
+63%). Here each of the loader's ``num_workers`` threads (:mod:`jit_ffcv.decode_threads`) decodes
+*whole batches* (the ops' loops are plain, :func:`serial_codegen`), claiming the next batch of the
 epoch as soon as it has handed over its last one; batches are delivered in order, so the
 order, flips and pixels are the same for every thread count. Compiled code releases the
 GIL, so one thread's Python steps overlap the others' decoding.
@@ -13,8 +13,7 @@ GIL, so one thread's Python steps overlap the others' decoding.
 What stays from the one-thread design: an exception in a decoding thread travels to
 ``next()`` (the batches before it are delivered first), a closed epoch stops its threads
 before their next batch, the threads, not the consumer, release the epoch's page cache
-once they have stopped, and the threads live as long as their loader (a fresh thread per
-epoch, FFCV's way, made numba's TBB workers join late; measured: 2x slower first batches).
+once they have stopped, and the threads live as long as their loader.
 
 Reused buffers and asynchronous GPU copies: a consumer may copy a batch to the GPU with
 ``non_blocking=True`` (Lightning does) and the copy may run long after ``next()`` returned.
@@ -27,11 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from queue import Queue
-from threading import Condition, Event, Lock, Thread
+from threading import Condition, Event, Lock
 from typing import Any
 
 import torch
@@ -104,63 +101,6 @@ def release_event() -> Any:
     return event
 
 
-class DecodeThread(Thread):
-    """One of a loader's decoding threads: takes epochs from its pool's queue and decodes batches of each."""
-
-    def __init__(self, jobs: Queue[Epoch | None], number: int) -> None:
-        super().__init__(daemon=True, name=f"jit-ffcv decoder {number}")
-        self._jobs = jobs
-        self.busy = Event()  # set while it works on an epoch
-
-    def run(self) -> None:
-        """Work on queued epochs until a ``None`` arrives (the pool stopped or its loader was collected)."""
-        while (epoch := self._jobs.get()) is not None:
-            self.busy.set()
-            try:
-                epoch.work()
-            finally:
-                del epoch  # no reference to the loader while idle
-                self.busy.clear()
-
-
-class DecodeThreads:
-    """A loader's decoding threads, for the loader's lifetime; every one of them works on each submitted epoch.
-
-    It holds no reference to the loader, and its threads exit once the loader is garbage-collected
-    (or :meth:`stop` is called), so loaders that are dropped leave no thread.
-    """
-
-    def __init__(self, owner: object, count: int) -> None:
-        self.pid = os.getpid()  # a forked child inherits this object but not the threads
-        self._jobs: Queue[Epoch | None] = Queue()
-        self.threads = [DecodeThread(self._jobs, number) for number in range(count)]
-        weakref.finalize(owner, _stop, self._jobs, count)
-        for thread in self.threads:
-            thread.start()
-
-    def submit(self, epoch: Epoch) -> None:
-        """Have every thread work on ``epoch`` once the epochs submitted before it are done."""
-        for _ in self.threads:
-            self._jobs.put(epoch)
-
-    def stop(self) -> None:
-        """Let the threads exit once the submitted epochs have run."""
-        _stop(self._jobs, len(self.threads))
-
-    def is_alive(self) -> bool:
-        """True while every thread runs."""
-        return all(thread.is_alive() for thread in self.threads)
-
-    def busy(self) -> bool:
-        """True while any thread works on an epoch."""
-        return any(thread.busy.is_set() for thread in self.threads)
-
-
-def _stop(jobs: Queue[Epoch | None], count: int) -> None:
-    for _ in range(count):
-        jobs.put(None)
-
-
 class _PagesRequested:
     """What FFCV's ``run_pipeline`` calls as ``memory_context``: a batch's pages were requested when it was claimed."""
 
@@ -177,7 +117,7 @@ class Epoch:
     it: ``slots`` (:func:`slots_for`) leaves room for one batch per thread (at least ``batches_ahead``),
     one ready, and the ``HELD_BATCHES`` the consumer holds (Lightning keeps the next batch prefetched
     while a step runs). With one thread that is FFCV's ``batches_ahead`` ready batches plus one decoding.
-    :meth:`work` runs in each :class:`DecodeThread`.
+    :meth:`work` runs in each of the loader's decoding threads (:mod:`jit_ffcv.decode_threads`).
     """
 
     #: seconds between checks of the stop flag while waiting (bounds close() latency)

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from jit_ffcv.epoch import DecodeThreads, Decoding, Epoch, serial_codegen
+from jit_ffcv.decode_threads import DecodeThreads
+from jit_ffcv.epoch import Decoding, Epoch, serial_codegen
 from jit_ffcv.guards import check_devices, check_steps, check_unchanged, file_identity
 from jit_ffcv.loader_state import MAX_EPOCH, Spec, check_fields, layout_fingerprint
 from jit_ffcv.ops import EpochCell, hand_epoch

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from jit_ffcv.datamodule import JiTDataModule, create_jit_datamodule
-from jit_ffcv.epoch import DecodeThread
+from jit_ffcv.decode_threads import DecodeThread
 from jit_ffcv.loader import JiTLoader
 from jit_ffcv.ops import flip_mask
 from jit_ffcv.order import epoch_order

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from jit_ffcv.datamodule import JiTDataModule
-from jit_ffcv.epoch import DecodeThread
+from jit_ffcv.decode_threads import DecodeThread
 from jit_ffcv.ops import flip_mask
 from jit_ffcv.synthetic import SyntheticFolder
 from tests.helpers.data import read_beton, wait_until

@@ -21,7 +21,7 @@ from jit_ffcv.bench.pipelines import KIND_MODULES, PIPELINES, Spec, child_config
 from jit_ffcv.bench.quality import quality_table
 from jit_ffcv.bench.report import DOC, Result, markdown, save_results, update_doc
 from jit_ffcv.bench.run import Job, measure_size
-from jit_ffcv.bench.stats import Spread, ratios, threads
+from jit_ffcv.bench.stats import Spread, threads
 from writers.beton import replicate_beton
 from writers.folder import FolderScan
 
@@ -185,7 +185,7 @@ def _run_pipelines(args: argparse.Namespace, jobs: list[Job], scan: FolderScan, 
         notes += size_notes
     bar.close()
     if fixed:
-        notes.append(_fixed_cost_note(args, scan, out / "betons", results, limits))
+        notes.append(_fixed_cost_note(args, scan, out / "betons", limits))
     if not args.skip_writer and not args.procs:
         notes += _writer_and_memory_notes(scan, args, out / "betons")
     table = markdown(results, args.sizes, info, notes)
@@ -199,7 +199,7 @@ def _run_pipelines(args: argparse.Namespace, jobs: list[Job], scan: FolderScan, 
     return 0
 
 
-def _fixed_cost_note(args: argparse.Namespace, scan: FolderScan, work: Path, results: list[Result],
+def _fixed_cost_note(args: argparse.Namespace, scan: FolderScan, work: Path,
                      limits: dict[int, dict[str, list[dict[str, Any]]]]) -> str:
     """Measure the DataModule on a 32 px raw beton ``--repeat`` times; the estimate against this run's rows."""
     replicate = max(1, round(args.target_samples / len(scan.samples)))
@@ -210,9 +210,7 @@ def _fixed_cost_note(args: argparse.Namespace, scan: FolderScan, work: Path, res
     fixed = Spread.of([fixed_seconds(spawn_child(cfg)["img_per_s"], args.batch_size) for _ in range(args.repeat)])
     key = f"jpg90@{args.workers}"
     one_core = {s: Spread.of([r["one_core"] for r in runs[key]]).median for s, runs in limits.items() if key in runs}
-    measured = {r.img_size: ratios(r.rounds, r.limit_rounds).median for r in results
-                if r.name == NODE_DATAMODULE and len(r.limit_rounds) == len(r.rounds)}
-    return fixed_note(fixed, args.batch_size, one_core, measured, args.workers)
+    return fixed_note(fixed, args.batch_size, one_core, args.workers)
 
 
 def _writer_and_memory_notes(scan: FolderScan, args: argparse.Namespace, work: Path) -> list[str]:

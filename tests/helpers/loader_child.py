@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from jit_ffcv.epoch import DecodeThread
+from jit_ffcv.decode_threads import DecodeThread
 from jit_ffcv.layout import ToCHW
 from jit_ffcv.loader import JiTLoader
 from jit_ffcv.traversal import SequentialOrder
