@@ -5,7 +5,7 @@
 ## make test        lint, then the whole test suite on CPU, one pytest worker per core: exactly what CI runs
 ## make check       the fast unit tier (tests not marked slow), for the edit-test loop
 ## make lint        ruff over the project (also the first step of make test)
-## make stress      the writer's signal stress test
+## make stress      the writer's signal stress test and the decoding engine's stress test
 ## make demo        write a small beton, train a tiny JiT, compare img/s with the reference
 ## make bench       remeasure docs/benchmarks.md's tables (32 min and 5.7 GB under bench_out/ on 2 cores)
 ## make bench-scale the ImageNet-size rows (about 31 GB under bench_out/betons)
@@ -49,6 +49,7 @@ lint: install
 # SIGKILL to one worker; start-up, mid-write, publish) and 10 cold starts; prints a table per case (~10 min).
 stress: install
 	$(PY) -m tests.helpers.signal_stress --deliveries 200 --cold 10
+	$(PY) -m tests.helpers.engine_stress --trials 1000
 
 demo: install
 	$(VENV)/bin/jit-ffcv demo

