@@ -3,6 +3,7 @@
 #
 #   bash tests/helpers/gpu_session.sh prepare   # here, with network: fills .gpu/ (about 52 MiB; keep it ignored)
 #   bash tests/helpers/gpu_session.sh run       # there, in the repo root, .gpu/ carried: writes $OUT/gpu_results.md
+#   bash tests/helpers/gpu_session.sh node      # there, after run (same machine): writes $OUT/gpu_node.md
 #
 # prepare: the gpu extra's wheels for the target's CUDA major (CU=13 by default: nvidia-nvimgcodec-cu13 and
 #   nvidia-nvjpeg 13.0), an FFCV 1.0.2 wheel built for the target's Python (PY_TARGET=3.12), the shared libraries
@@ -13,6 +14,9 @@
 #   and its negative control), then tests/helpers/gpu_measure.py (fidelity table for the hardware and CUDA
 #   backends; throughput at 256 and 512 px, CPU path with all cores vs GPU path, cores busy). About 6 minutes
 #   on a 16-core H200 machine; every step has its own timeout so the results file is always written.
+# node: issue 14's node rows on the CPU decode path: jit-ffcv bench --procs 1 --workers 16 and --procs 8 --workers 2
+#   at 256 and 512 px, one round each, next to a bare FFCV Loader and the honest 16-thread limit (about 5 min;
+#   its own call, so a run past the device's per-call limit loses nothing of `run`).
 set -u
 GPU_DIR=${GPU_DIR:-.gpu}
 CU=${CU:-13}
@@ -21,6 +25,8 @@ SAMPLE=${SAMPLE:-${JIT_FFCV_SAMPLE:-../shared/data/imagenet-sample}}
 SAMPLE_EVERY=${SAMPLE_EVERY:-2}
 PY=${PY:-python3}                 # run: the interpreter that holds a CUDA build of torch
 MEASURE_ARGS=${MEASURE_ARGS:-}    # run: extra gpu_measure.py options (a dry run on CPU: --sizes 64 --samples 400)
+LAYOUTS=${LAYOUTS:-"1 16,8 2"}    # node: "procs workers" pairs (a dry run on CPU: LAYOUTS="1 2" SIZES=64)
+SIZES=${SIZES:-"256 512"}         # node: image sizes
 
 prepare() {
     set -e
@@ -33,6 +39,8 @@ prepare() {
     pip="$pip --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
     if [ "$CU" = 12 ]; then nvjpeg="nvidia-nvjpeg-cu12"; else nvjpeg="nvidia-nvjpeg==13.0.*"; fi
     $pip -d "$GPU_DIR/whl" "nvidia-nvimgcodec-cu$CU==0.9.*" "$nvjpeg"
+    # the bench's chart and memory sampling (node), without numpy/pillow/packaging: the machine's own are used
+    $pip -d "$GPU_DIR/whl" matplotlib contourpy cycler fonttools kiwisolver pyparsing python-dateutil six psutil
     # FFCV has no wheel: build one for the target's Python (a matching interpreter must be installed here)
     local target_py="" candidate
     for candidate in ${PY_BUILD:-} $(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/"$PY_TARGET"*/bin/python"$PY_TARGET" \
@@ -100,8 +108,34 @@ EOF
     cat "$results"
 }
 
+node() {
+    OUT=${OUT:-gpu_out}
+    mkdir -p "$OUT"
+    local results="$OUT/gpu_node.md" start=$SECONDS sample="$GPU_DIR/sample" procs workers
+    [ -d /tmp/site ] || { echo "run \`bash tests/helpers/gpu_session.sh run\` first (it installs the wheels)" >&2; return 1; }
+    mkdir -p /tmp/gpu_lib && tar -C /tmp/gpu_lib -xJf "$GPU_DIR/lib.tar.xz"
+    export PYTHONPATH="/tmp/site:$PWD" LD_LIBRARY_PATH="/tmp/gpu_lib:${LD_LIBRARY_PATH:-}" PYTHONUNBUFFERED=1
+    [ -d "$sample/train" ] && [ -n "$(ls "$sample/train")" ] || sample=""
+    echo "# Node rows ($(date -u +%Y-%m-%dT%H:%MZ), commit $(git rev-parse --short HEAD 2>/dev/null))" >"$results"
+    local IFS_SAVED=$IFS layout
+    IFS=, read -r -a layouts <<<"$LAYOUTS"
+    IFS=$IFS_SAVED
+    for layout in "${layouts[@]}"; do
+        read -r procs workers <<<"$layout"
+        echo -e "\n## $procs process(es) x $workers threads\n" >>"$results"
+        # shellcheck disable=SC2086
+        timeout 170 "$PY" -m jit_ffcv.cli bench --procs "$procs" --workers "$workers" --repeat 1 --skip-writer \
+            --sizes $SIZES --target-samples 6000 --out /tmp/gpu_node ${sample:+--data-path "$sample"} \
+            --chart /tmp/gpu_node/chart.png >/tmp/gpu_node.log 2>&1 || echo "bench exited $?" >>"$results"
+        grep -v "it/s\|run/s" /tmp/gpu_node.log | tail -25 >>"$results"
+    done
+    echo -e "\nwall: $((SECONDS - start)) s" >>"$results"
+    cat "$results"
+}
+
 case "${1:-}" in
     prepare) prepare ;;
     run) run ;;
-    *) echo "usage: bash tests/helpers/gpu_session.sh prepare|run (see the comment at its top)" >&2; exit 2 ;;
+    node) node ;;
+    *) echo "usage: bash tests/helpers/gpu_session.sh prepare|run|node (see the comment at its top)" >&2; exit 2 ;;
 esac
