@@ -158,11 +158,13 @@ def test_jpg_mode_is_ffcvs() -> None:
     assert IMAGE_MODES["jpg"] == JPG_MODE
 
 
-def test_rss_stays_flat_over_50_loaders(raw_beton: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_rss_stays_flat_over_50_loaders(raw_beton: Path, workers: int) -> None:
     """50 loaders built, used and dropped (Lightning reloading each epoch): each used to keep ~15-24 MiB."""
     done = subprocess.run([sys.executable, str(ROOT / "tests" / "helpers" / "loader_rss.py"), str(raw_beton),
-                           "--loaders", "50"], env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+                           "--loaders", "50", "--workers", str(workers)],
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rss = json.loads(done.stdout.strip().splitlines()[-1])
     assert rss["last_mib"] - rss["first_mib"] < 50, rss
