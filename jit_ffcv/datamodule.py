@@ -22,6 +22,7 @@ import numba
 import torch
 
 from jit_ffcv.betons import Betons
+from jit_ffcv.checksum import bind_checksums
 from jit_ffcv.gpu_decode import BatchDecoder, GpuDecodeLoader, NvImageCodecDecoder, check_cuda, load_nvimgcodec
 from jit_ffcv.gpu_gather import GatherJpegBytes, max_payload_bytes
 from jit_ffcv.jpeg import decode_flags
@@ -329,11 +330,12 @@ class JiTDataModule(pl.LightningDataModule):
             distributed=order.num_replicas > 1,
             seed=self.hparams.seed,
             pipelines={"image": self._image_ops(split, train) + image_tail, "label": label_ops,
-                       "index": None},  # no index decoding
+                       "index": None, "checksum": None},  # no index decoding
             drop_last=self.hparams.drop_last if train else False,
             batches_ahead=self.hparams.batches_ahead,
             pin_memory=self.hparams.pin_memory,
         )
+        bind_checksums(loader.pipeline_specs, loader.reader)  # each payload checked before it is decoded
         if self.hparams.decode_device != "cuda":
             return loader
         size = self.hparams.img_size

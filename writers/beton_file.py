@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from writers.checksum import FIELD as CHECKSUM
+from writers.checksum import payload_checksum
 from writers.lifecycle import critical
 from writers.output import partial_path, remove_quietly
 
@@ -56,9 +58,13 @@ class AllocationTable:
 
 
 class BetonFile:
-    """Appends pre-encoded samples (fields ``image``, ``label`` and, by default, ``index``) to a beton at ``path``."""
+    """Appends pre-encoded samples to a beton at ``path``: ``image``, ``label``, by default ``index`` and ``checksum``.
 
-    def __init__(self, path: Path, capacity: int, mode: str, quality: int, index_field: bool = True) -> None:
+    ``checksum`` is each payload's :func:`writers.checksum.payload_checksum`, which the loader verifies.
+    """
+
+    def __init__(self, path: Path, capacity: int, mode: str, quality: int, index_field: bool = True,
+                 checksum_field: bool = True) -> None:
         from writers.ffcv_api import (
             ALLOC_TABLE_TYPE,
             IMAGE_MODE_CODES,
@@ -75,6 +81,9 @@ class BetonFile:
         self.index_field = index_field  # only replicas of betons written before the field lack it
         if index_field:
             fields["index"] = IntField()
+        self.checksum_field = checksum_field  # False only to make betons as written before the field (tests)
+        if checksum_field:
+            fields[CHECKSUM] = IntField()
         self.writer = DatasetWriter(str(path), fields, num_workers=1)
         self.writer.num_samples = capacity  # an upper bound: skipped files leave unused rows
         self.metadata = self.image = None
@@ -112,6 +121,8 @@ class BetonFile:
         self.metadata[self.column["label"]][i] = label
         if index is not None:
             self.metadata[self.column["index"]][i] = index
+        if self.checksum_field:
+            self.metadata[self.column[CHECKSUM]][i] = payload_checksum(payload)
         self.count += 1
         self.payload_bytes += len(payload)
 
@@ -141,11 +152,12 @@ class BetonFile:
 
 
 @contextmanager
-def partial_beton(out: Path, capacity: int, mode: str, quality: int, index_field: bool = True) -> Iterator[BetonFile]:
+def partial_beton(out: Path, capacity: int, mode: str, quality: int, index_field: bool = True,
+                  checksum_field: bool = True) -> Iterator[BetonFile]:
     """A beton being written at ``out``'s hidden partial path: closed on success, deleted on failure."""
     partial = partial_path(out)
     try:
-        beton = BetonFile(partial, capacity, mode, quality, index_field)
+        beton = BetonFile(partial, capacity, mode, quality, index_field, checksum_field)
     except BaseException:
         remove_quietly(partial, "partial beton")
         raise
