@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from jit_ffcv.grid import Sample, render_grid
+from writers.checksum import ALGORITHM
+from writers.checksum import FIELD as CHECKSUM
 from writers.metadata import BetonMetadata, read_metadata, verify_file
 
 if TYPE_CHECKING:
@@ -116,6 +118,14 @@ def _layout(meta: BetonMetadata, has_index: bool) -> str:
     return f"ImageFolder (class-sorted), mixes classes poorly with order='quasi_random'; {trace}"
 
 
+def _checksums_line(reader: Reader) -> str:
+    """Whether the loader can verify each sample's stored bytes (betons written before the field cannot)."""
+    if CHECKSUM in reader.handlers:
+        return f"one per sample ({ALGORITHM}), checked by the loader before each sample is decoded"
+    return ("none (written before jit-ffcv stored them): samples are decoded unverified; write the beton again "
+            "to have them checked")
+
+
 def info_main(args: argparse.Namespace) -> int:
     """Print a beton's metadata, its sample count as FFCV reads it, per-class counts and bytes per image."""
     meta = read_metadata(args.beton)  # a missing beton or a broken sidecar is an error naming the file
@@ -135,6 +145,7 @@ def info_main(args: argparse.Namespace) -> int:
     print(f"written:      {meta.seconds:.1f} s, {meta.images_per_second:.0f} img/s, {meta.num_workers} workers, "
           f"writer {meta.writer_version}")
     print(f"order:        {_layout(meta, 'index' in reader.handlers)}")
+    print(f"checksums:    {_checksums_line(reader)}")
     print(f"skipped:      {len(meta.skipped)}   ignored (non-image): {len(meta.ignored)}")
     for s in meta.skipped:
         print(f"  {s['path']}: {s['error']}")
@@ -172,6 +183,7 @@ def pick_ids(num_samples: int, n: int, seed: int, indices: Sequence[int] | None 
 
 def load_samples(beton: str | Path, ids: np.ndarray, meta: BetonMetadata) -> list[Sample]:
     """Decode samples ``ids`` in one batch of a :class:`JiTLoader` with the val decoder (no flip)."""
+    from jit_ffcv.checksum import bind_checksums
     from jit_ffcv.loader import JiTLoader
     from jit_ffcv.ops import FlipDecoder
     from jit_ffcv.traversal import SequentialOrder
@@ -182,8 +194,9 @@ def load_samples(beton: str | Path, ids: np.ndarray, meta: BetonMetadata) -> lis
         str(beton), batch_size=len(ids), num_workers=1, order=SequentialOrder(), indices=ids, drop_last=False,
         batches_ahead=1, pin_memory=False,
         pipelines={"image": [FlipDecoder(flip_prob=0.0)], "label": [IntDecoder()],
-                   "index": [IntDecoder()] if has_index else None},
+                   "index": [IntDecoder()] if has_index else None, CHECKSUM: None},
     )
+    bind_checksums(loader.pipeline_specs, loader.reader)
     (images, labels, *rest), = list(loader)
     index = np.asarray(rest[0]).reshape(-1).tolist() if has_index else [None] * len(ids)
     labels = np.asarray(labels).reshape(-1).tolist()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ from tests.helpers.data import SMALL, pillow_images, read_beton
 from writers.beton_file import partial_beton
 from writers.checksum import payload_checksum
 from writers.ffcv_api import IntDecoder, Reader
-from writers.metadata import read_metadata
+from writers.metadata import SidecarError, classes_sha256, read_metadata, sidecar_path
 from writers.publish import publish
 from writers.readers import read_payloads
 
@@ -115,14 +118,23 @@ def test_a_flipped_byte_in_a_raw_payload_raises(raw_beton: Path, tmp_path: Path,
     assert checksum_failure(loader_of(beton, os_cache=os_cache)).startswith(f"sample {DAMAGED} of {beton}: ")
 
 
-def test_damage_through_the_datamodule_names_sample_and_beton(raw_beton: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("fixture", "verify", "checked"), [("jpg_beton", None, True), ("raw_beton", None, False),
+                                                          ("raw_beton", True, True), ("jpg_beton", False, False)])
+def test_datamodule_verifies_jpg_by_default_raw_train_on_request(
+        fixture: str, verify: bool | None, checked: bool, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Default: JPEG train betons are checked (under 1% of decode); raw train ones (a third of the copy) on request."""
     from jit_ffcv.datamodule import JiTDataModule
 
-    beton = damaged_copy(raw_beton, tmp_path, 100, 1)
-    dm = JiTDataModule(data_path=str(tmp_path), train_beton=str(beton), img_size=SMALL, batch_size=10,
-                       num_workers=1, mode="raw", order="sequential", pin_memory=False, device=None)
+    source = request.getfixturevalue(fixture)
+    beton = damaged_copy(source, tmp_path, 100, 1)  # inside the JPEG's header, or a pixel
+    mode = read_metadata(beton).mode
+    dm = JiTDataModule(data_path=str(tmp_path), train_beton=str(beton), img_size=SMALL, batch_size=10, num_workers=1,
+                       mode=mode, order="sequential", pin_memory=False, verify_checksums=verify)
     dm.setup("fit")
-    assert checksum_failure(dm.train_dataloader()).startswith(f"sample {DAMAGED} of {beton}: ")
+    if checked:
+        assert checksum_failure(dm.train_dataloader()).startswith(f"sample {DAMAGED} of {beton}: ")
+    else:  # unchecked, the damaged byte (a pixel, a JPEG quantisation table entry) is decoded without an error
+        assert len(list(dm.train_dataloader())) == len(read_payloads(beton)[0]) // 10
 
 
 @pytest.mark.parametrize("fixture", ["raw_beton", "jpg_beton"])
@@ -156,3 +168,40 @@ def test_beton_written_without_checksums_still_loads(raw_beton: Path, tmp_path: 
     loader = loader_of(out)
     assert not bind_checksums(loader.pipeline_specs, loader.reader)
     np.testing.assert_array_equal(images_of(loader), read_beton(raw_beton)[0])
+
+
+# --------------------------------------------------------------------------- the sidecar's class list
+def sidecar_copy(beton: Path, tmp_path: Path, edit: Callable[[dict], None]) -> Path:
+    """A copy of ``beton`` whose sidecar's JSON was changed by ``edit``."""
+    out = tmp_path / beton.name
+    shutil.copy(beton, out)
+    data = json.loads(sidecar_path(beton).read_text())
+    edit(data)
+    sidecar_path(out).write_text(json.dumps(data))
+    return out
+
+
+def test_a_reordered_class_list_is_refused_also_by_info_verify(raw_beton: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from jit_ffcv.cli import main
+
+    beton = sidecar_copy(raw_beton, tmp_path, lambda data: data["classes"].reverse())
+    message = (f"{sidecar_path(beton)}: its class list does not match the digest written with it (classes_sha256): "
+               f"the sidecar was edited or damaged, and labels would name the wrong classes; rewrite the beton with "
+               f"`jit-ffcv write --force`")
+    with pytest.raises(SidecarError) as error:
+        read_metadata(beton)
+    assert str(error.value) == message
+    assert main(["info", str(beton), "--verify"]) == 1
+    assert capsys.readouterr().err.strip() == f"jit-ffcv: error: {message}"
+
+
+def test_sidecar_records_the_class_list_digest(raw_beton: Path) -> None:
+    meta = read_metadata(raw_beton)
+    digest = hashlib.sha256(json.dumps(meta.classes).encode()).hexdigest()
+    assert json.loads(sidecar_path(raw_beton).read_text())["classes_sha256"] == digest == classes_sha256(meta.classes)
+
+
+def test_a_sidecar_from_before_the_digest_still_loads(raw_beton: Path, tmp_path: Path) -> None:
+    beton = sidecar_copy(raw_beton, tmp_path, lambda data: data.pop("classes_sha256"))
+    assert read_metadata(beton).classes == read_metadata(raw_beton).classes
