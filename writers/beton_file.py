@@ -64,7 +64,7 @@ class BetonFile:
     """
 
     def __init__(self, path: Path, capacity: int, mode: str, quality: int, index_field: bool = True,
-                 checksum_field: bool = True) -> None:
+                 checksum_field: bool = True, page_size: int | None = None) -> None:
         from writers.ffcv_api import (
             ALLOC_TABLE_TYPE,
             IMAGE_MODE_CODES,
@@ -84,7 +84,8 @@ class BetonFile:
         self.checksum_field = checksum_field  # False only to make betons as written before the field (tests)
         if checksum_field:
             fields[CHECKSUM] = IntField()
-        self.writer = DatasetWriter(str(path), fields, num_workers=1)
+        pages = {} if page_size is None else {"page_size": page_size}  # FFCV's default (8 MiB) unless asked (tests)
+        self.writer = DatasetWriter(str(path), fields, num_workers=1, **pages)
         self.writer.num_samples = capacity  # an upper bound: skipped files leave unused rows
         self.metadata = self.image = None
         self.allocator = None
@@ -153,11 +154,11 @@ class BetonFile:
 
 @contextmanager
 def partial_beton(out: Path, capacity: int, mode: str, quality: int, index_field: bool = True,
-                  checksum_field: bool = True) -> Iterator[BetonFile]:
+                  checksum_field: bool = True, page_size: int | None = None) -> Iterator[BetonFile]:
     """A beton being written at ``out``'s hidden partial path: closed on success, deleted on failure."""
     partial = partial_path(out)
     try:
-        beton = BetonFile(partial, capacity, mode, quality, index_field, checksum_field)
+        beton = BetonFile(partial, capacity, mode, quality, index_field, checksum_field, page_size)
     except BaseException:
         remove_quietly(partial, "partial beton")
         raise
