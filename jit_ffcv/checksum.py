@@ -75,13 +75,14 @@ def checksum_column(reader: Any) -> np.ndarray | None:
     return None if column is None else np.ascontiguousarray(column, dtype=np.int64).reshape(-1)
 
 
-def bind_checksums(pipelines: Mapping[str, Any], reader: Any) -> bool:
+def bind_checksums(pipelines: Mapping[str, Any], reader: Any, verify: bool = True) -> bool:
     """Give every op of ``pipelines`` that verifies (a ``checksums`` attribute) the beton's checksums and name.
 
     Call it once the loader has opened the beton (``loader.pipeline_specs``, ``loader.reader``), before its
-    first epoch. Returns False for a beton without checksums (its ops then decode unverified).
+    first epoch; ``verify=False`` unbinds them. Returns whether the ops verify: False also for a beton
+    written without checksums (its ops then decode unverified).
     """
-    column = checksum_column(reader)
+    column = checksum_column(reader) if verify else None
     for op in _ops(pipelines.values()):
         if hasattr(op, "checksums"):
             op.checksums = NO_CHECKSUMS if column is None else column

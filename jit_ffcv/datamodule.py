@@ -341,8 +341,7 @@ class JiTDataModule(pl.LightningDataModule):
             batches_ahead=self.hparams.batches_ahead,
             pin_memory=self.hparams.pin_memory,
         )
-        if self._verifies(split, train):
-            bind_checksums(loader.pipeline_specs, loader.reader)  # each payload checked before it is decoded
+        bind_checksums(loader.pipeline_specs, loader.reader, self._verifies(split, train))  # checked before decoding
         if self.hparams.decode_device != "cuda":
             return loader
         size = self.hparams.img_size
