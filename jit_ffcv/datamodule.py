@@ -117,7 +117,7 @@ class JiTDataModule(pl.LightningDataModule):
             ``hardware`` or ``cuda``.
         verify_checksums: check each sample's stored bytes against the checksum written with them, before
             decoding (a ``ChecksumError`` names sample and beton). Default: on, except for raw train betons,
-            where hashing costs a third or more of the copy it guards (JPEG: under 1% of decode; docs/loading.md).
+            where hashing costs about half of the copy it guards (JPEG: under 1% of decode; docs/loading.md).
 
     """
 
