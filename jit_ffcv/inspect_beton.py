@@ -121,7 +121,7 @@ def _layout(meta: BetonMetadata, has_index: bool) -> str:
 def _checksums_line(reader: Reader) -> str:
     """Whether the loader can verify each sample's stored bytes (betons written before the field cannot)."""
     if CHECKSUM in reader.handlers:
-        return f"one per sample ({ALGORITHM}), checked by the loader before each sample is decoded"
+        return f"one per sample ({ALGORITHM}), checked before decoding (DataModule default: all but raw train betons)"
     return ("none (written before jit-ffcv stored them): samples are decoded unverified; write the beton again "
             "to have them checked")
 

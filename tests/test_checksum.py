@@ -122,7 +122,7 @@ def test_a_flipped_byte_in_a_raw_payload_raises(raw_beton: Path, tmp_path: Path,
                                                           ("raw_beton", True, True), ("jpg_beton", False, False)])
 def test_datamodule_verifies_jpg_by_default_raw_train_on_request(
         fixture: str, verify: bool | None, checked: bool, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    """Default: JPEG train betons are checked (under 1% of decode); raw train ones (a third of the copy) on request."""
+    """Default: JPEG train betons are checked (under 1% of decode); raw train ones (about half the copy) on request."""
     from jit_ffcv.datamodule import JiTDataModule
 
     source = request.getfixturevalue(fixture)
@@ -154,8 +154,11 @@ def test_verification_off_decodes_the_damaged_bytes(raw_beton: Path, tmp_path: P
     np.testing.assert_array_equal(images, expected)
 
 
-def test_beton_written_without_checksums_still_loads(raw_beton: Path, tmp_path: Path) -> None:
-    """A beton as written before the field: no checksum field, decoded unverified, same pixels."""
+def test_beton_written_without_checksums_still_loads(raw_beton: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A beton as written before the field: no checksum field, decoded unverified, same pixels; info says so."""
+    from jit_ffcv.cli import main
+
     payloads, labels = read_payloads(raw_beton)
     out = tmp_path / "old.beton"
     meta = read_metadata(raw_beton)
@@ -168,6 +171,12 @@ def test_beton_written_without_checksums_still_loads(raw_beton: Path, tmp_path: 
     loader = loader_of(out)
     assert not bind_checksums(loader.pipeline_specs, loader.reader)
     np.testing.assert_array_equal(images_of(loader), read_beton(raw_beton)[0])
+    assert main(["info", str(out)]) == 0 and main(["info", str(raw_beton)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("checksums:")]
+    assert lines == ["checksums:    none (written before jit-ffcv stored them): samples are decoded unverified; "
+                     "write the beton again to have them checked",
+                     "checksums:    one per sample (words64/1), checked before decoding (DataModule default: all but raw "
+                     "train betons)"]
 
 
 # --------------------------------------------------------------------------- the sidecar's class list
