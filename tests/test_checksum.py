@@ -175,8 +175,8 @@ def test_beton_written_without_checksums_still_loads(raw_beton: Path, tmp_path: 
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("checksums:")]
     assert lines == ["checksums:    none (written before jit-ffcv stored them): samples are decoded unverified; "
                      "write the beton again to have them checked",
-                     "checksums:    one per sample (words64/1), checked before decoding (DataModule default: all but raw "
-                     "train betons)"]
+                     "checksums:    one per sample (words64/1), checked before decoding (DataModule default: all but "
+                     "raw train betons)"]
 
 
 # --------------------------------------------------------------------------- the sidecar's class list
