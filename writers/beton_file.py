@@ -107,8 +107,12 @@ class BetonFile:
         self.count = 0
         self.payload_bytes = 0
 
-    def append(self, payload: bytes, label: int, img_size: int, index: int | None = None) -> None:
-        """Store one sample; ``index`` is its ImageFolder index (required with an ``index`` field)."""
+    def append(self, payload: bytes, label: int, img_size: int, index: int | None = None,
+               checksum: int | None = None) -> None:
+        """Store one sample; ``index`` is its ImageFolder index (required with an ``index`` field).
+
+        ``checksum``: the payload's :func:`~writers.checksum.payload_checksum` if already computed (by a worker).
+        """
         if (index is None) == self.index_field:
             raise ValueError(f"index must be {'an int' if self.index_field else 'None'} for this beton, got {index!r}")
         i = self.count
@@ -123,7 +127,7 @@ class BetonFile:
         if index is not None:
             self.metadata[self.column["index"]][i] = index
         if self.checksum_field:
-            self.metadata[self.column[CHECKSUM]][i] = payload_checksum(payload)
+            self.metadata[self.column[CHECKSUM]][i] = payload_checksum(payload) if checksum is None else checksum
         self.count += 1
         self.payload_bytes += len(payload)
 

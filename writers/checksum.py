@@ -27,21 +27,28 @@ GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser, element-wise (wraps mod 2**64)."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+    """SplitMix64's finaliser, element-wise and in place (wraps mod 2**64)."""
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
 
 
 def payload_checksum(payload: bytes | np.ndarray) -> int:
     """The ``words64/1`` checksum of ``payload``, as the signed int64 the ``checksum`` field stores."""
     data = np.frombuffer(payload, dtype=np.uint8) if isinstance(payload, (bytes, bytearray, memoryview)) \
         else np.ascontiguousarray(payload, dtype=np.uint8).reshape(-1)
-    padded = np.zeros(-(-data.size // 8) * 8, dtype=np.uint8)
-    padded[:data.size] = data
-    words = padded.view("<u8").astype(np.uint64)
+    whole = data.size // 8
+    terms = np.arange(1, whole + 1 + (data.size % 8 > 0), dtype=np.uint64)
     with np.errstate(over="ignore"):
-        keys = np.arange(1, words.size + 1, dtype=np.uint64) * GOLDEN
-        total = np.add.reduce(_mix(words + keys), dtype=np.uint64) if words.size else np.uint64(0)
+        terms *= GOLDEN
+        terms[:whole] += data[:whole * 8].view("<u8")
+        if data.size % 8:
+            tail = np.zeros(8, dtype=np.uint8)
+            tail[:data.size % 8] = data[whole * 8:]
+            terms[whole] += tail.view("<u8")[0]
+        total = np.add.reduce(_mix(terms), dtype=np.uint64) if terms.size else np.uint64(0)
         final = _mix(np.array([total ^ np.uint64(data.size)], dtype=np.uint64))
     return int(final.view(np.int64)[0])
