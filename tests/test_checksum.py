@@ -15,6 +15,7 @@ from jit_ffcv.checksum import ChecksumError, bind_checksums, checksum_column, pa
 from jit_ffcv.epoch import LoaderThreadError
 from jit_ffcv.loader import JiTLoader
 from jit_ffcv.ops import FlipDecoder
+from jit_ffcv.synthetic import SyntheticFolder
 from jit_ffcv.traversal import SequentialOrder
 from tests.helpers.data import SMALL, pillow_images, read_beton
 from writers.beton_file import partial_beton
@@ -214,3 +215,14 @@ def test_sidecar_records_the_class_list_digest(raw_beton: Path) -> None:
 def test_a_sidecar_from_before_the_digest_still_loads(raw_beton: Path, tmp_path: Path) -> None:
     beton = sidecar_copy(raw_beton, tmp_path, lambda data: data.pop("classes_sha256"))
     assert read_metadata(beton).classes == read_metadata(raw_beton).classes
+
+
+def test_the_cost_benchmark_runs(synthetic: SyntheticFolder) -> None:
+    """``python -m jit_ffcv.bench.checksum`` on the synthetic folder: one row per size and mode."""
+    from jit_ffcv.bench.checksum import main
+
+    lines: list[str] = []
+    main(["--data", str(synthetic.root / "train"), "--sizes", "32", "--repeat", "1"], echo=lines.append)
+    assert len(lines) == 3 and lines[0].startswith(f"source: {synthetic.root / 'train'}; 1 runs each")
+    assert [line.split(":")[0] for line in lines[1:]] == ["  32 px jpg", "  32 px raw"]
+    assert all("% of decode" in line for line in lines[1:])
