@@ -28,9 +28,9 @@ from writers.readers import read_payloads
 DAMAGED = 7  # the stored sample the tests damage
 
 
-def loader_of(beton: Path, *, verify: bool = True, os_cache: bool = True) -> JiTLoader:
+def loader_of(beton: Path, *, verify: bool = True, os_cache: bool = True, workers: int = 1) -> JiTLoader:
     """Sequential HWC loader of every sample, no flips, its checksums bound as the DataModule binds them."""
-    loader = JiTLoader(str(beton), batch_size=8, num_workers=1, order=SequentialOrder(), drop_last=False,
+    loader = JiTLoader(str(beton), batch_size=8, num_workers=workers, order=SequentialOrder(), drop_last=False,
                        os_cache=os_cache, pin_memory=False,
                        pipelines={"image": [FlipDecoder(flip_prob=0.0, verify_checksums=verify)],
                                   "label": [IntDecoder()], "index": None, "checksum": None})
@@ -113,10 +113,11 @@ def test_flipped_bytes_in_a_jpegs_entropy_coded_data_raise(jpg_beton: Path, tmp_
         f"--verify`, then copy or write it again")
 
 
-@pytest.mark.parametrize("os_cache", [True, False])
-def test_a_flipped_byte_in_a_raw_payload_raises(raw_beton: Path, tmp_path: Path, os_cache: bool) -> None:
+@pytest.mark.parametrize(("os_cache", "workers"), [(True, 1), (False, 2)])  # both kernel variants, both caches
+def test_a_flipped_byte_in_a_raw_payload_raises(raw_beton: Path, tmp_path: Path, os_cache: bool, workers: int) -> None:
     beton = damaged_copy(raw_beton, tmp_path, SMALL * SMALL * 3 // 2, 1)
-    assert checksum_failure(loader_of(beton, os_cache=os_cache)).startswith(f"sample {DAMAGED} of {beton}: ")
+    failure = checksum_failure(loader_of(beton, os_cache=os_cache, workers=workers))
+    assert failure.startswith(f"sample {DAMAGED} of {beton}: ")
 
 
 @pytest.mark.parametrize(("fixture", "verify", "checked"), [("jpg_beton", None, True), ("raw_beton", None, False),

@@ -9,12 +9,13 @@ from queue import Queue
 import numpy as np
 import pytest
 
+from jit_ffcv.checksum import ChecksumError, bind_checksums
 from jit_ffcv.epoch import LoaderThreadError
 from jit_ffcv.loader import JiTLoader
 from jit_ffcv.ops import FlipDecoder
 from jit_ffcv.traversal import SequentialOrder
 from writers.beton_file import partial_beton
-from writers.ffcv_api import BetonReadError, IntDecoder, PageReader
+from writers.ffcv_api import BetonReadError, IntDecoder, PageReader, Reader
 
 PAGE = 2**21  # FFCV's smallest page: a 24 MiB beton has 12 pages, read lazily as the epoch advances
 SIZE = 64
@@ -33,14 +34,16 @@ def paged_beton(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def first_batch_then(beton: Path, change: str, tmp_path: Path) -> BaseException:
+def first_batch_then(beton: Path, change: str, tmp_path: Path, *, os_cache: bool = False,
+                     verify: bool = False) -> BaseException:
     """Iterate a copy of ``beton`` lazily, apply ``change`` after the first batch; the error the epoch ends with."""
     copy = tmp_path / beton.name
     copy.write_bytes(beton.read_bytes())
     loader = JiTLoader(str(copy), batch_size=16, num_workers=1, order=SequentialOrder(), drop_last=False,
-                       os_cache=False, batches_ahead=1, pin_memory=False,
-                       pipelines={"image": [FlipDecoder(flip_prob=0.0, verify_checksums=False)],
-                                  "label": [IntDecoder()], "index": None, "checksum": None})
+                       os_cache=os_cache, batches_ahead=1, pin_memory=False,
+                       pipelines={"image": [FlipDecoder(flip_prob=0.0)], "label": [IntDecoder()], "index": None,
+                                  "checksum": None})
+    bind_checksums(loader.pipeline_specs, loader.reader, verify)
     batches = iter(loader)
     next(batches)
     if change == "truncate":
@@ -78,8 +81,21 @@ def test_a_short_page_read_is_an_error(paged_beton: Path, tmp_path: Path) -> Non
         f"{short}: page 3 came back short (100 of {PAGE} bytes at offset {3 * PAGE}) while this loader read it")
 
 
-def test_rewritten_in_place_under_a_running_loader(paged_beton: Path, tmp_path: Path) -> None:
-    error = first_batch_then(paged_beton, "rewrite", tmp_path)
+@pytest.mark.parametrize("verify", [False, True])
+def test_rewritten_in_place_under_a_running_loader(paged_beton: Path, tmp_path: Path, verify: bool) -> None:
+    """The page reader sees the change before any byte reaches the decoder, checksums verified or not."""
+    error = first_batch_then(paged_beton, "rewrite", tmp_path, verify=verify)
     assert isinstance(error, BetonReadError)
     size = paged_beton.stat().st_size
     assert str(error).startswith(f"{tmp_path / paged_beton.name}: the file changed (size {size} -> {size}) while")
+
+
+def test_rewritten_in_place_under_mmap_fails_the_checksum(paged_beton: Path, tmp_path: Path) -> None:
+    """``os_cache=True`` maps the file: the new bytes are read as they are, and the first changed sample fails."""
+    error = first_batch_then(paged_beton, "rewrite", tmp_path, os_cache=True, verify=True)
+    reader = Reader(str(paged_beton))
+    ptrs = reader.metadata["f0"]["data_ptr"].astype(np.int64)
+    zeroed = paged_beton.stat().st_size - PAGE  # the rewrite zeroed the file's last PAGE bytes
+    first = int(np.flatnonzero(ptrs + SIZE * SIZE * 3 > zeroed)[0])
+    assert isinstance(error, ChecksumError)
+    assert str(error).startswith(f"sample {first} of {tmp_path / paged_beton.name}: its stored bytes do not match")
