@@ -68,11 +68,16 @@ def payload_ok(data: np.ndarray, checksums: np.ndarray, index: int) -> bool:
 
 
 def checksum_column(reader: Any) -> np.ndarray | None:
-    """Every sample's stored checksum (int64, contiguous), or None for a beton written without them."""
+    """Every sample's stored checksum (int64, contiguous), or None for a beton written without them.
+
+    A field of that name that is not an integer one (another writer's) is not ours: None as well.
+    """
     from writers.ffcv_api import stored_field
 
     column = stored_field(reader, FIELD)
-    return None if column is None else np.ascontiguousarray(column, dtype=np.int64).reshape(-1)
+    if column is None or column.dtype != np.int64:
+        return None
+    return np.ascontiguousarray(column).reshape(-1)
 
 
 def bind_checksums(pipelines: Mapping[str, Any], reader: Any, verify: bool = True) -> bool:

@@ -336,7 +336,7 @@ class JiTDataModule(pl.LightningDataModule):
             distributed=order.num_replicas > 1,
             seed=self.hparams.seed,
             pipelines={"image": self._image_ops(split, train) + image_tail, "label": label_ops,
-                       "index": None, "checksum": None},  # no index decoding
+                       "index": None, "checksum": None},  # not decoded (the image op checks the checksum)
             drop_last=self.hparams.drop_last if train else False,
             batches_ahead=self.hparams.batches_ahead,
             pin_memory=self.hparams.pin_memory,

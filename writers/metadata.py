@@ -67,8 +67,7 @@ class BetonMetadata:
 
     def to_json(self) -> str:
         """Pretty JSON text of this record, with the digest of its class list as it is now."""
-        self.classes_sha256 = classes_sha256(self.classes)
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        return json.dumps({**asdict(self), "classes_sha256": classes_sha256(self.classes)}, indent=2, sort_keys=True)
 
     def check_matches(
         self,
