@@ -17,8 +17,8 @@ from numba import njit
 
 from writers.checksum import FIELD, GOLDEN
 
-__all__ = ["MISMATCH", "NO_CHECKSUMS", "ChecksumError", "bind_checksums", "checksum_column", "payload_hash",
-           "payload_ok", "raise_on_mismatch"]
+__all__ = ["MISMATCH", "NO_CHECKSUMS", "ChecksumError", "bind_checksums", "checksum_column", "damaged_samples",
+           "payload_hash", "payload_ok", "raise_on_mismatch"]
 
 #: decode status of a sample whose stored bytes do not match its checksum (jpeg.py's statuses are -1..-6)
 MISMATCH = -100
@@ -78,6 +78,28 @@ def checksum_column(reader: Any) -> np.ndarray | None:
     if column is None or column.dtype != np.int64:
         return None
     return np.ascontiguousarray(column).reshape(-1)
+
+
+@njit(nogil=True, cache=True)
+def _mismatches(data: np.ndarray, ptrs: np.ndarray, sizes: np.ndarray, checksums: np.ndarray) -> np.ndarray:
+    bad = np.zeros(ptrs.size, dtype=np.bool_)
+    for i in range(ptrs.size):
+        bad[i] = payload_hash(data[ptrs[i]:ptrs[i] + sizes[i]]) != np.uint64(checksums[i])
+    return np.flatnonzero(bad)
+
+
+def damaged_samples(reader: Any) -> np.ndarray | None:
+    """Stored ids whose image payload fails its checksum, reading the file once (None: a beton without them)."""
+    from writers.ffcv_api import stored_field
+
+    checksums = checksum_column(reader)
+    if checksums is None:
+        return None
+    table = np.sort(reader.alloc_table, order="ptr")
+    ptrs = np.ascontiguousarray(stored_field(reader, "image")["data_ptr"]).astype(np.uint64)
+    sizes = table["size"][np.searchsorted(table["ptr"], ptrs)].astype(np.uint64)
+    data = np.asarray(np.memmap(reader.file_name, dtype=np.uint8, mode="r"))  # a truncated file: short slices
+    return _mismatches(data, ptrs, sizes, checksums)
 
 
 def bind_checksums(pipelines: Mapping[str, Any], reader: Any, verify: bool = True) -> bool:

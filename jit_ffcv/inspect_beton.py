@@ -21,7 +21,7 @@ import numpy as np
 from jit_ffcv.grid import Sample, render_grid
 from writers.checksum import ALGORITHM
 from writers.checksum import FIELD as CHECKSUM
-from writers.metadata import BetonMetadata, read_metadata, verify_file
+from writers.metadata import BetonMetadata, BetonMismatchError, read_metadata, verify_file
 
 if TYPE_CHECKING:
     from writers.ffcv_api import Reader
@@ -126,11 +126,25 @@ def _checksums_line(reader: Reader) -> str:
             "to have them checked")
 
 
+def _verify_samples(reader: Reader) -> None:
+    """Name the stored samples whose bytes fail their checksum (``--verify``), before the whole file's SHA-256."""
+    from jit_ffcv.checksum import damaged_samples
+
+    damaged = damaged_samples(reader)
+    if damaged is not None and len(damaged):
+        listed = ", ".join(str(i) for i in damaged[:10].tolist()) + (", ..." if len(damaged) > 10 else "")
+        raise BetonMismatchError(f"{reader.file_name}: {len(damaged)} stored sample(s) fail their checksum "
+                                 f"(ids {listed}): the file was damaged or changed after it was written; copy or "
+                                 f"write it again")
+
+
 def info_main(args: argparse.Namespace) -> int:
     """Print a beton's metadata, its sample count as FFCV reads it, per-class counts and bytes per image."""
     meta = read_metadata(args.beton)  # a missing beton or a broken sidecar is an error naming the file
-    verify_file(args.beton, meta, checksum=args.verify)
     reader = _reader(args.beton)
+    if args.verify:
+        _verify_samples(reader)
+    verify_file(args.beton, meta, checksum=args.verify)
     reader_samples = int(reader.num_samples)
     print(f"beton:        {args.beton}")
     print(f"samples:      {reader_samples} (metadata: {meta.num_samples})")
@@ -160,7 +174,8 @@ def info_main(args: argparse.Namespace) -> int:
 def add_info_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``jit-ffcv info``."""
     parser.add_argument("beton")
-    parser.add_argument("--verify", action="store_true", help="also check the file's SHA-256")
+    parser.add_argument("--verify", action="store_true",
+                        help="also check each sample's checksum (naming the damaged ones) and the file's SHA-256")
 
 
 # --------------------------------------------------------------------------------------------- show

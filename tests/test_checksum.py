@@ -139,6 +139,21 @@ def test_datamodule_verifies_jpg_by_default_raw_train_on_request(
         assert len(list(dm.train_dataloader())) == len(read_payloads(beton)[0]) // 10
 
 
+def test_info_verify_names_the_damaged_samples(jpg_beton: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from jit_ffcv.cli import main
+
+    payload = read_payloads(jpg_beton)[0][DAMAGED]
+    start, end = entropy_coded(payload)
+    beton = damaged_copy(jpg_beton, tmp_path, (start + end) // 2, 1)
+    assert main(["info", str(jpg_beton), "--verify"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(beton), "--verify"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"jit-ffcv: error: {beton}: 1 stored sample(s) fail their checksum (ids {DAMAGED}): the file was damaged or "
+        f"changed after it was written; copy or write it again")
+
+
 @pytest.mark.parametrize("fixture", ["raw_beton", "jpg_beton"])
 def test_untouched_beton_decodes_exact_pixels_verified(fixture: str, request: pytest.FixtureRequest) -> None:
     beton = request.getfixturevalue(fixture)
