@@ -34,6 +34,8 @@ _EXPORTS: dict[str, str] = {
     "SidecarError": "writers.metadata",
     "BetonExistsError": "writers.output",
     "LockError": "writers.lock",
+    "ChecksumError": "jit_ffcv.checksum",
+    "BetonReadError": "writers.ffcv_api",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from jit_ffcv.grid import Sample, render_grid
-from writers.metadata import BetonMetadata, read_metadata, verify_file
+from writers.checksum import ALGORITHM
+from writers.checksum import FIELD as CHECKSUM
+from writers.metadata import BetonMetadata, BetonMismatchError, read_metadata, verify_file
 
 if TYPE_CHECKING:
     from writers.ffcv_api import Reader
@@ -116,11 +118,33 @@ def _layout(meta: BetonMetadata, has_index: bool) -> str:
     return f"ImageFolder (class-sorted), mixes classes poorly with order='quasi_random'; {trace}"
 
 
+def _checksums_line(reader: Reader) -> str:
+    """Whether the loader can verify each sample's stored bytes (betons written before the field cannot)."""
+    if CHECKSUM in reader.handlers:
+        return f"one per sample ({ALGORITHM}), checked before decoding (DataModule default: all but raw train betons)"
+    return ("none (written before jit-ffcv stored them): samples are decoded unverified; write the beton again "
+            "to have them checked")
+
+
+def _verify_samples(reader: Reader) -> None:
+    """Name the stored samples whose bytes fail their checksum (``--verify``), before the whole file's SHA-256."""
+    from jit_ffcv.checksum import damaged_samples
+
+    damaged = damaged_samples(reader)
+    if damaged is not None and len(damaged):
+        listed = ", ".join(str(i) for i in damaged[:10].tolist()) + (", ..." if len(damaged) > 10 else "")
+        raise BetonMismatchError(f"{reader.file_name}: {len(damaged)} stored sample(s) fail their checksum "
+                                 f"(ids {listed}): the file was damaged or changed after it was written; copy or "
+                                 f"write it again")
+
+
 def info_main(args: argparse.Namespace) -> int:
     """Print a beton's metadata, its sample count as FFCV reads it, per-class counts and bytes per image."""
     meta = read_metadata(args.beton)  # a missing beton or a broken sidecar is an error naming the file
-    verify_file(args.beton, meta, checksum=args.verify)
     reader = _reader(args.beton)
+    if args.verify:
+        _verify_samples(reader)
+    verify_file(args.beton, meta, checksum=args.verify)
     reader_samples = int(reader.num_samples)
     print(f"beton:        {args.beton}")
     print(f"samples:      {reader_samples} (metadata: {meta.num_samples})")
@@ -135,6 +159,7 @@ def info_main(args: argparse.Namespace) -> int:
     print(f"written:      {meta.seconds:.1f} s, {meta.images_per_second:.0f} img/s, {meta.num_workers} workers, "
           f"writer {meta.writer_version}")
     print(f"order:        {_layout(meta, 'index' in reader.handlers)}")
+    print(f"checksums:    {_checksums_line(reader)}")
     print(f"skipped:      {len(meta.skipped)}   ignored (non-image): {len(meta.ignored)}")
     for s in meta.skipped:
         print(f"  {s['path']}: {s['error']}")
@@ -149,7 +174,8 @@ def info_main(args: argparse.Namespace) -> int:
 def add_info_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``jit-ffcv info``."""
     parser.add_argument("beton")
-    parser.add_argument("--verify", action="store_true", help="also check the file's SHA-256")
+    parser.add_argument("--verify", action="store_true",
+                        help="also check each sample's checksum (naming the damaged ones) and the file's SHA-256")
 
 
 # --------------------------------------------------------------------------------------------- show
@@ -172,6 +198,7 @@ def pick_ids(num_samples: int, n: int, seed: int, indices: Sequence[int] | None 
 
 def load_samples(beton: str | Path, ids: np.ndarray, meta: BetonMetadata) -> list[Sample]:
     """Decode samples ``ids`` in one batch of a :class:`JiTLoader` with the val decoder (no flip)."""
+    from jit_ffcv.checksum import bind_checksums
     from jit_ffcv.loader import JiTLoader
     from jit_ffcv.ops import FlipDecoder
     from jit_ffcv.traversal import SequentialOrder
@@ -182,8 +209,9 @@ def load_samples(beton: str | Path, ids: np.ndarray, meta: BetonMetadata) -> lis
         str(beton), batch_size=len(ids), num_workers=1, order=SequentialOrder(), indices=ids, drop_last=False,
         batches_ahead=1, pin_memory=False,
         pipelines={"image": [FlipDecoder(flip_prob=0.0)], "label": [IntDecoder()],
-                   "index": [IntDecoder()] if has_index else None},
+                   "index": [IntDecoder()] if has_index else None, CHECKSUM: None},
     )
+    bind_checksums(loader.pipeline_specs, loader.reader)
     (images, labels, *rest), = list(loader)
     index = np.asarray(rest[0]).reshape(-1).tolist() if has_index else [None] * len(ids)
     labels = np.asarray(labels).reshape(-1).tolist()

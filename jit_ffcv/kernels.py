@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit
 from numba.extending import overload
 
+from jit_ffcv.checksum import MISMATCH, payload_ok
 from jit_ffcv.jpeg import decode_rgb
 
 __all__ = ["SOURCE_HASH", "chw_copy", "chw_mirror", "decode_batch", "flip_decision", "mirror_copy", "mirror_inplace",
@@ -33,7 +34,8 @@ __all__ = ["SOURCE_HASH", "chw_copy", "chw_mirror", "decode_batch", "flip_decisi
 
 _HERE = Path(__file__).resolve().parent
 #: hash of the sources compiled into the kernels (see the module docstring)
-SOURCE_HASH = hashlib.sha256(b"".join((_HERE / name).read_bytes() for name in ("kernels.py", "jpeg.py"))).hexdigest()
+_SOURCES = ("kernels.py", "jpeg.py", "checksum.py")
+SOURCE_HASH = hashlib.sha256(b"".join((_HERE / name).read_bytes() for name in _SOURCES)).hexdigest()
 _KERNEL = dict(nogil=True, fastmath=True, error_model="numpy", cache=True)
 
 # uint64 indices on purpose: with signed ones numba emits a negative-index wrap check on every
@@ -167,12 +169,14 @@ def _read_sample(address, state):  # type: ignore[no-untyped-def]  # numba's typ
 
 # --------------------------------------------------------------------------- batch kernels
 def _decode_batch(loop: Callable, source_hash: str) -> Callable:
-    def decode_batch(indices, out, scratch, metadata, state, jpg, seed, epoch, prob, flags, chw):  # type: ignore[no-untyped-def]  # noqa: E501
+    def decode_batch(indices, out, scratch, metadata, state, jpg, seed, epoch, prob, flags, chw,  # type: ignore[no-untyped-def]  # noqa: E501
+                     checksums):
         """Decode (JPEG) or copy (raw) each sample of ``indices`` into ``out``, mirrored where the flip hash says.
 
         ``chw``: ``out`` is Bx3xHxW, a JPEG is decoded into its numba thread's HxWx3 ``scratch`` image
         (``scratch[numba.get_thread_id()]``, reused, so it stays in that core's cache) and transposed
-        right away; else ``out`` is BxHxWx3.
+        right away; else ``out`` is BxHxWx3. ``checksums``: every sample's stored checksum (empty: not
+        verified); a payload that does not match is not decoded (status ``MISMATCH``).
         Returns the decode status of each sample (0: decoded).
         """
         source_hash  # noqa: B018  (a closure value: part of numba's cache key)
@@ -181,6 +185,9 @@ def _decode_batch(loop: Callable, source_hash: str) -> Callable:
             index = indices[i]
             field = metadata[index]
             data = read_sample(np.uint64(field["data_ptr"]), state)
+            if not payload_ok(data, checksums, index):
+                status[i] = MISMATCH
+                continue
             flip = flip_decision(seed, epoch, index, prob)
             if field["mode"] == jpg:
                 image = scratch[numba.get_thread_id()] if chw else out[i]

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from jit_ffcv.checksum import bind_checksums
 from jit_ffcv.decode_threads import DecodeThreads
 from jit_ffcv.epoch import Decoding, Epoch, serial_codegen
 from jit_ffcv.guards import check_devices, check_steps, check_unchanged, file_identity
@@ -82,6 +83,7 @@ class JiTLoader(Loader):
 
     def __init__(self, *args: Any, epoch_cell: EpochCell | None = None, pin_memory: bool = True,
                  **kwargs: Any) -> None:
+        args, kwargs = _without_checksum_output(args, kwargs)
         check_devices(kwargs.get("pipelines") or {})
         self.epoch_cell = epoch_cell or EpochCell()
         hand_epoch(kwargs.get("pipelines", args[8] if len(args) > 8 else {}), self.epoch_cell)  # before FFCV's codegen
@@ -97,6 +99,7 @@ class JiTLoader(Loader):
         self.graph.allocate_memory = self._allocate_once
         check_steps(self)
         self._identity = file_identity(self.reader.file_name)  # the file this loader's reader and cache opened
+        bind_checksums(self.pipeline_specs, self.reader)  # decoders verify each payload (the DataModule may unbind)
 
     def _allocate_once(self, batch_size: int, slots: int) -> Any:
         """The batch buffers, allocated at the first epoch and reused (FFCV asks at every epoch start)."""
@@ -248,6 +251,16 @@ class JiTLoader(Loader):
                 self._running = None
 
 
+
+
+def _without_checksum_output(args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    """The loader's arguments with ``pipelines["checksum"] = None`` unless given: checked by the decoder, not output.
+
+    FFCV gives every field a pipeline has not named a default one (an extra batch output).
+    """
+    if len(args) > 8:
+        return (*args[:8], {"checksum": None, **(args[8] or {})}, *args[9:]), kwargs
+    return args, {**kwargs, "pipelines": {"checksum": None, **(kwargs.get("pipelines") or {})}}
 
 
 def allocate_buffers(graph: Any, batch_size: int, slots: int, *, pin: bool) -> dict[str, dict[int, Any]]:

@@ -35,6 +35,7 @@ import torch
 from numba import njit, types
 from numba.extending import intrinsic
 
+from jit_ffcv.checksum import NO_CHECKSUMS, raise_on_mismatch
 from jit_ffcv.jpeg import decode_flags, raise_on_failure
 from jit_ffcv.kernels import decode_batch, flip_decision, mirror_copy, mirror_inplace, precompiled, variant
 from jit_ffcv.layout import ToCHW
@@ -159,12 +160,17 @@ class FlipDecoder(SimpleRGBImageDecoder):
     biased, see the README). ``flip_prob=0`` makes it the plain decoder of the val pipeline. A
     payload that cannot be decoded raises a RuntimeError naming its sample index.
     ``chw=True`` outputs 3xHxW images instead of HxWx3 (see :meth:`declare_state_and_memory`).
+    ``verify_checksums``: check each payload against the checksum stored with it before decoding
+    (:mod:`jit_ffcv.checksum`; a :class:`~jit_ffcv.checksum.ChecksumError` names the sample and beton); the
+    loader binds the beton's checksums (:func:`~jit_ffcv.checksum.bind_checksums`), none for older betons.
     The kernel is compiled once per process (:mod:`jit_ffcv.kernels`); the options are its arguments.
     """
 
     def __init__(self, *, flip_prob: float = 0.5, seed: int = 0, epoch_cell: EpochCell | None = None,
-                 jpeg_decode: str = "accurate", chw: bool = False) -> None:
+                 jpeg_decode: str = "accurate", chw: bool = False, verify_checksums: bool = True) -> None:
         super().__init__()
+        self.verify_checksums = _check("verify_checksums", verify_checksums, bool, "True or False")
+        self.checksums, self.beton = NO_CHECKSUMS, ""  # set by bind_checksums once the loader opened the beton
         self.flip_prob, self.seed, self.epoch_cell = _check_common(flip_prob, seed, epoch_cell)
         self.jpeg_flags = decode_flags(jpeg_decode)
         self.jpeg_decode = jpeg_decode
@@ -192,8 +198,10 @@ class FlipDecoder(SimpleRGBImageDecoder):
             out = destination
             scratch = thread_scratch(hwc, numba_threads) if chw else out
             epoch = np.int64(epoch_cell_of(self).get())  # the cell may be bound after this code was made
+            checksums = self.checksums if self.verify_checksums else NO_CHECKSUMS
             status = kernel(batch_indices, out, scratch, metadata, storage_state, JPG_MODE, seed, epoch, prob, flags,
-                            chw)
+                            chw, checksums)
+            raise_on_mismatch(status, batch_indices, self.beton)
             raise_on_failure(status, batch_indices)
             return out[: len(batch_indices)]
 

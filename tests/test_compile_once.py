@@ -77,7 +77,7 @@ image, out = np.zeros((5, 7, 3), np.uint8), np.zeros((3, 5, 7), np.uint8)
 chw_copy(image, out); chw_copy(image.reshape(-1).copy(), out); chw_mirror(image, out); mirror_inplace(image)
 def loader(beton, ops, workers):
     return JiTLoader(beton, batch_size=8, num_workers=workers, order=SequentialOrder(), drop_last=False, seed=11,
-                     pipelines={"image": ops + [ToTensor()], "label": [IntDecoder()], "index": None})
+                     pipelines={"image": ops + [ToTensor()], "label": [IntDecoder()], "index": None, "checksum": None})
 loaders = {"raw_hwc": loader(sys.argv[1], [FlipDecoder(seed=11)], 1),
            "jpg_chw": loader(sys.argv[2], [FlipDecoder(seed=11, chw=True)], 2),
            "raw_tochw": loader(sys.argv[1], [FlipDecoder(flip_prob=0.0), SeededHorizontalFlip(seed=11), ToCHW()], 2),
@@ -117,7 +117,7 @@ def test_hand_built_loader_flips_per_epoch(raw_beton: Path, ops: str) -> None:
     image_ops = ([FlipDecoder(seed=SEED)] if ops == "decoder"
                  else [FlipDecoder(flip_prob=0.0), SeededHorizontalFlip(0.5, seed=SEED)])
     loader = JiTLoader(str(raw_beton), batch_size=8, num_workers=1, order=SequentialOrder(), drop_last=False,
-                       pipelines={"image": image_ops, "label": [IntDecoder()], "index": None})
+                       pipelines={"image": image_ops, "label": [IntDecoder()], "index": None, "checksum": None})
     plain = read_beton(raw_beton)[0]
     for epoch in (0, 1, 2):
         loader.set_epoch(epoch)
@@ -133,7 +133,7 @@ def test_bare_ffcv_loader_needs_a_cell_to_flip(raw_beton: Path) -> None:
     """FFCV's own Loader has no epoch to hand: a flip that needs one says so instead of repeating epoch 0."""
     def make(op: FlipDecoder) -> Loader:
         return Loader(str(raw_beton), batch_size=8, num_workers=1, order=OrderOption.SEQUENTIAL,
-                      pipelines={"image": [op], "label": [IntDecoder()], "index": None})
+                      pipelines={"image": [op], "label": [IntDecoder()], "index": None, "checksum": None})
 
     with pytest.raises(ValueError, match=r"FlipDecoder\(flip_prob=0.5\) has no epoch: use it in a JiTLoader"):
         make(FlipDecoder())

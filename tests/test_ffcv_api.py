@@ -58,7 +58,7 @@ def test_every_touch_point_exists(raw_beton: Path) -> None:
 
     instances = {"Reader": Reader(str(raw_beton)),
                  "Loader": Loader(str(raw_beton), batch_size=2, num_workers=1, order=OrderOption.SEQUENTIAL,
-                                  pipelines={"image": None, "label": [IntDecoder()], "index": None})}
+                                  pipelines={"image": None, "label": [IntDecoder()], "index": None, "checksum": None})}
     assert len(TOUCH_POINTS) >= 10
     for touch_point in TOUCH_POINTS:
         assert _resolve(touch_point, instances) is not None, touch_point

@@ -183,7 +183,7 @@ def test_stored_payloads_are_the_gathered_bytes(jpg_beton: Path) -> None:
     payloads = stored_payloads(jpg_beton)
     loader = JiTLoader(str(jpg_beton), batch_size=len(payloads), num_workers=1, order=SequentialOrder(),
                        pipelines={"image": [GatherJpegBytes(max_payload_bytes(jpg_beton), flip_prob=0.0)],
-                                  "label": [IntDecoder()], "index": None}, pin_memory=False)
+                                  "label": [IntDecoder()], "index": None, "checksum": None}, pin_memory=False)
     ((gathered, info), _), = list(loader)
     assert np.array_equal(info[:, FLIP], np.zeros(len(payloads)))
     for i, payload in enumerate(payloads):
@@ -236,7 +236,7 @@ def test_gathering_needs_the_loaders_epoch(jpg_beton: Path) -> None:
     from writers.ffcv_api import IntDecoder, Loader, OrderOption
 
     width = max_payload_bytes(jpg_beton)
-    pipelines = {"label": [IntDecoder()], "index": None}
+    pipelines = {"label": [IntDecoder()], "index": None, "checksum": None}
     with pytest.raises(ValueError, match=r"GatherJpegBytes\(flip_prob=0.5\) has no epoch: use it in a JiTLoader"):
         Loader(str(jpg_beton), batch_size=8, num_workers=1, order=OrderOption.SEQUENTIAL,
                pipelines={"image": [GatherJpegBytes(width, seed=SEED)], **pipelines})

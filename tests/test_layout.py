@@ -163,7 +163,7 @@ image, out = np.zeros((5, 7, 3), np.uint8), np.zeros((3, 5, 7), np.uint8)
 chw_copy(image, out); chw_copy(image.reshape(-1).copy(), out); chw_mirror(image, out)  # two writable overloads
 loader = Loader(sys.argv[1], batch_size=8, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
                 pipelines={"image": [FlipDecoder(chw=True, epoch_cell=EpochCell())], "label": [IntDecoder()],
-                           "index": None})
+                           "index": None, "checksum": None})
 print(sum(len(x) for x, _ in loader))
 """
 

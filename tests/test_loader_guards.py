@@ -68,7 +68,7 @@ def test_loader_in_a_forked_child_does_not_hang(raw_beton: Path, scenario: str) 
 # --------------------------------------------------------------------------- #
 def labels_loader(beton: Path, **options: Any) -> JiTLoader:
     kwargs: dict[str, Any] = dict(batch_size=2, num_workers=1, order=QuasiRandomOrder(), seed=0, drop_last=True,
-                                  pipelines={"image": None, "label": [IntDecoder()], "index": None})
+                                  pipelines={"image": None, "label": [IntDecoder()], "index": None, "checksum": None})
     kwargs.update(options)
     return JiTLoader(str(beton), **kwargs)
 

@@ -45,7 +45,8 @@ def loader_of(beton: Path, order: str = "quasi_random", batch_size: int = B) -> 
     if key not in _LOADERS:
         kind = QuasiRandomOrder() if order == "quasi_random" else RandomOrder()
         _LOADERS[key] = JiTLoader(str(beton), batch_size=batch_size, num_workers=1, order=kind, seed=SEED,
-                                  drop_last=True, pipelines={"image": None, "label": [IntDecoder()], "index": None})
+                                  drop_last=True,
+                                  pipelines={"image": None, "label": [IntDecoder()], "index": None, "checksum": None})
     loader = _LOADERS[key]
     loader.resume = ResumeTracker()
     loader.set_epoch(0)

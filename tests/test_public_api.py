@@ -21,7 +21,8 @@ def test_exceptions_and_warnings_are_exported() -> None:
     assert jit_ffcv.LoaderThreadError is LoaderThreadError and issubclass(LoaderThreadError, RuntimeError)
     assert jit_ffcv.FolderOrderWarning is FolderOrderWarning and issubclass(FolderOrderWarning, UserWarning)
     assert jit_ffcv.BetonMismatchError is BetonMismatchError and jit_ffcv.SidecarError is SidecarError
-    assert {"LoaderThreadError", "FolderOrderWarning", "BetonMismatchError", "SidecarError"} <= set(jit_ffcv.__all__)
+    assert {"LoaderThreadError", "FolderOrderWarning", "BetonMismatchError", "SidecarError", "ChecksumError",
+            "BetonReadError"} <= set(jit_ffcv.__all__)
 
 
 def test_importing_the_package_is_light() -> None:

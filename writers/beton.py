@@ -132,7 +132,7 @@ def _write_beton(
                 if enc.payload is None:
                     skipped.append(_skip(samples[enc.index][0], enc.error or "", strict))
                     continue
-                beton.append(enc.payload, enc.label, img_size, enc.index)
+                beton.append(enc.payload, enc.label, img_size, enc.index, enc.checksum)
                 counts[enc.label] += 1
         if beton.count == 0 and tasks:
             raise BadImageError(f"none of the {len(tasks)} images under {scan.root} could be decoded")

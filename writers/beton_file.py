@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from writers.checksum import FIELD as CHECKSUM
+from writers.checksum import payload_checksum
 from writers.lifecycle import critical
 from writers.output import partial_path, remove_quietly
 
@@ -56,9 +58,13 @@ class AllocationTable:
 
 
 class BetonFile:
-    """Appends pre-encoded samples (fields ``image``, ``label`` and, by default, ``index``) to a beton at ``path``."""
+    """Appends pre-encoded samples to a beton at ``path``: ``image``, ``label``, by default ``index`` and ``checksum``.
 
-    def __init__(self, path: Path, capacity: int, mode: str, quality: int, index_field: bool = True) -> None:
+    ``checksum`` is each payload's :func:`writers.checksum.payload_checksum`, which the loader verifies.
+    """
+
+    def __init__(self, path: Path, capacity: int, mode: str, quality: int, index_field: bool = True,
+                 checksum_field: bool = True, page_size: int | None = None) -> None:
         from writers.ffcv_api import (
             ALLOC_TABLE_TYPE,
             IMAGE_MODE_CODES,
@@ -75,7 +81,11 @@ class BetonFile:
         self.index_field = index_field  # only replicas of betons written before the field lack it
         if index_field:
             fields["index"] = IntField()
-        self.writer = DatasetWriter(str(path), fields, num_workers=1)
+        self.checksum_field = checksum_field  # False only to make betons as written before the field (tests)
+        if checksum_field:
+            fields[CHECKSUM] = IntField()
+        pages = {} if page_size is None else {"page_size": page_size}  # FFCV's default (8 MiB) unless asked (tests)
+        self.writer = DatasetWriter(str(path), fields, num_workers=1, **pages)
         self.writer.num_samples = capacity  # an upper bound: skipped files leave unused rows
         self.metadata = self.image = None
         self.allocator = None
@@ -97,8 +107,12 @@ class BetonFile:
         self.count = 0
         self.payload_bytes = 0
 
-    def append(self, payload: bytes, label: int, img_size: int, index: int | None = None) -> None:
-        """Store one sample; ``index`` is its ImageFolder index (required with an ``index`` field)."""
+    def append(self, payload: bytes, label: int, img_size: int, index: int | None = None,
+               checksum: int | None = None) -> None:
+        """Store one sample; ``index`` is its ImageFolder index (required with an ``index`` field).
+
+        ``checksum``: the payload's :func:`~writers.checksum.payload_checksum` if already computed (by a worker).
+        """
         if (index is None) == self.index_field:
             raise ValueError(f"index must be {'an int' if self.index_field else 'None'} for this beton, got {index!r}")
         i = self.count
@@ -112,6 +126,8 @@ class BetonFile:
         self.metadata[self.column["label"]][i] = label
         if index is not None:
             self.metadata[self.column["index"]][i] = index
+        if self.checksum_field:
+            self.metadata[self.column[CHECKSUM]][i] = payload_checksum(payload) if checksum is None else checksum
         self.count += 1
         self.payload_bytes += len(payload)
 
@@ -141,11 +157,12 @@ class BetonFile:
 
 
 @contextmanager
-def partial_beton(out: Path, capacity: int, mode: str, quality: int, index_field: bool = True) -> Iterator[BetonFile]:
+def partial_beton(out: Path, capacity: int, mode: str, quality: int, index_field: bool = True,
+                  checksum_field: bool = True, page_size: int | None = None) -> Iterator[BetonFile]:
     """A beton being written at ``out``'s hidden partial path: closed on success, deleted on failure."""
     partial = partial_path(out)
     try:
-        beton = BetonFile(partial, capacity, mode, quality, index_field)
+        beton = BetonFile(partial, capacity, mode, quality, index_field, checksum_field, page_size)
     except BaseException:
         remove_quietly(partial, "partial beton")
         raise

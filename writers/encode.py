@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from writers.checksum import payload_checksum
 from writers.crop import center_crop_arr
 
 MODES: tuple[str, ...] = ("raw", "jpg")
@@ -30,6 +31,7 @@ class Encoded:
     label: int
     payload: bytes | None
     error: str | None = None
+    checksum: int | None = None  # payload_checksum(payload), computed here: the workers share the cost
 
 
 class NotARegularFileError(OSError):
@@ -80,7 +82,7 @@ def encode_file(index: int, path: str, label: int, img_size: int, mode: str, qua
     except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, never fatal here
         return Encoded(index, label, None, f"{type(exc).__name__}: {exc}")
     payload = pixels.tobytes() if mode == "raw" else encode_jpeg(pixels, quality)
-    return Encoded(index, label, payload)
+    return Encoded(index, label, payload, checksum=payload_checksum(payload))
 
 
 def encode_chunk(

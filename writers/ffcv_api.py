@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import queue
 import sys
 import threading
 import types
@@ -66,6 +67,10 @@ TOUCH_POINTS: tuple[str, ...] = (
     "ffcv.loader.loader:Loader().memory_manager.sample_to_pages",  # jit_ffcv.page_schedule: pages of each sample
     "ffcv.pipeline.compiler:Compiler.num_threads",  # jit_ffcv.epoch.serial_codegen: plain loops per thread
     "ffcv.memory_managers.process_cache.schedule:compute_schedule",  # tests: page slot reuse, batches in flight
+    "ffcv.memory_managers.process_cache.page_reader:PageReader.run",  # replaced: FFCV ignores a short read
+    "ffcv.libffcv:read",  # pread of one page, as FFCV's PageReader does
+    "ffcv.memory_managers.process_cache.schedule:ScheduleExecutor.__init__",  # its loaded_queue made to raise
+    "ffcv.memory_managers.process_cache.schedule:ScheduleExecutor.load_batch",  # waits on loaded_queue.get()
 )
 
 
@@ -88,13 +93,14 @@ from ffcv.fields import IntField, RGBImageField  # noqa: E402  (the first FFCV i
 from ffcv.fields.base import Field  # noqa: E402
 from ffcv.fields.basics import IntDecoder  # noqa: E402
 from ffcv.fields.rgb_image import IMAGE_MODES, SimpleRGBImageDecoder  # noqa: E402
-from ffcv.libffcv import imdecode, memcpy  # noqa: E402
+from ffcv.libffcv import imdecode, memcpy, read  # noqa: E402
 from ffcv.loader import Loader, OrderOption  # noqa: E402
 from ffcv.loader.epoch_iterator import EpochIterator  # noqa: E402
 from ffcv.memory_allocator import MemoryAllocator  # noqa: E402
 from ffcv.memory_managers.os_cache import OSCacheManager  # noqa: E402
 from ffcv.memory_managers.process_cache.manager import ProcessCacheManager  # noqa: E402
-from ffcv.memory_managers.process_cache.schedule import compute_schedule  # noqa: E402
+from ffcv.memory_managers.process_cache.page_reader import PageReader  # noqa: E402
+from ffcv.memory_managers.process_cache.schedule import ScheduleExecutor, compute_schedule  # noqa: E402
 from ffcv.pipeline.allocation_query import AllocationQuery  # noqa: E402
 from ffcv.pipeline.compiler import Compiler  # noqa: E402
 from ffcv.pipeline.operation import Operation  # noqa: E402
@@ -205,6 +211,57 @@ def _os_cache_reader() -> Callable:
 
 OSCacheManager.compile_reader = lambda self: _os_cache_reader()  # type: ignore[method-assign]
 
+
+class BetonReadError(OSError):
+    """A page of the beton came back short, or the file changed, while a loader read it (``os_cache=False``)."""
+
+
+class _RaisingQueue(queue.Queue):
+    """The queue of loaded pages a ``ScheduleExecutor`` waits on: a page reader's error is raised to the waiter."""
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        item = super().get(block, timeout)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+
+def _checked_page_reads(self: PageReader) -> None:
+    """FFCV's ``PageReader.run`` (read each page asked for), refusing a short read or a file changed meanwhile.
+
+    FFCV's ignores how many bytes ``pread`` returned: a beton truncated or rewritten under a running
+    loader gave wrong pixels without an error. FFCV writes whole pages, so every page read is full.
+    """
+    with open(self.fname, "rb") as handle:
+        opened = os.fstat(handle.fileno())
+        while (query := self.queries.get()) is not None:
+            page, slot = query
+            offset = int(page) * self.page_size
+            length = read(handle.fileno(), self.memory[slot], np.uint64(offset))
+            now = os.fstat(handle.fileno())
+            if length == self.page_size and (now.st_size, now.st_mtime_ns) == (opened.st_size, opened.st_mtime_ns):
+                self.loaded.put(page)
+                continue
+            what = (f"page {page} came back short ({length} of {self.page_size} bytes at offset {offset})"
+                    if length != self.page_size else f"the file changed (size {opened.st_size} -> {now.st_size})")
+            self.loaded.put(BetonReadError(f"{self.fname}: {what} while this loader read it: it was truncated or "
+                                           f"rewritten under a running job; restore the beton and restart"))
+            return
+
+
+_ffcv_executor_init = ScheduleExecutor.__init__
+
+
+def _executor_init(self: ScheduleExecutor, *args: Any, **kwargs: Any) -> None:
+    """FFCV's ``ScheduleExecutor.__init__``, with a queue of loaded pages that raises a page reader's error."""
+    _ffcv_executor_init(self, *args, **kwargs)
+    self.loaded_queue = _RaisingQueue()
+
+
+PageReader.run = _checked_page_reads  # type: ignore[method-assign]
+if ScheduleExecutor.__init__ is not _executor_init:
+    ScheduleExecutor.__init__ = _executor_init  # type: ignore[method-assign]
+
 #: FFCV's image mode codes as a plain dict: ``IMAGE_MODES`` is a numba typed dict whose first lookup compiles
 #: for a second or more, which the writer must not do mid-write (an interrupted compile leaves llvmlite noise)
 IMAGE_MODE_CODES: dict[str, int] = {name: int(IMAGE_MODES[name]) for name in ("raw", "jpg")}
@@ -237,4 +294,10 @@ __all__ = [
     "State", "TOUCH_POINTS", "ToDevice", "ToTensor", "ToTorchImage", "TraversalOrder", "chunks", "field_column",
     "stored_field",
     "compute_schedule", "get_metadata_type", "imdecode", "memcpy", "run_pipeline",
+    "ALLOC_TABLE_TYPE", "AllocationQuery", "BetonReadError", "Compiler", "DatasetWriter", "FFCV_VERSION", "Field",
+    "FieldDescType", "HeaderType", "IMAGE_MODES", "IMAGE_MODE_CODES", "IntDecoder", "IntField", "Loader",
+    "MemoryAllocator", "Operation", "OrderOption", "PageReader", "RGBImageField", "RandomHorizontalFlip", "Reader",
+    "SimpleRGBImageDecoder", "Squeeze", "State", "TOUCH_POINTS", "ToDevice", "ToTensor", "ToTorchImage",
+    "TraversalOrder", "chunks", "field_column", "get_metadata_type", "imdecode", "memcpy", "run_pipeline",
+    "stored_field",
 ]

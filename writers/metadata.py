@@ -56,6 +56,9 @@ class BetonMetadata:
     limit: int | None = None
     crop: str = CROP_METHOD
     format: str = FORMAT
+    #: :func:`classes_sha256` of ``classes``, written by :meth:`to_json` and checked by :func:`read_metadata`
+    #: (labels are positions in this list: an edited list renames every sample); "": a sidecar from before it
+    classes_sha256: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -63,8 +66,8 @@ class BetonMetadata:
         return len(self.classes)
 
     def to_json(self) -> str:
-        """Pretty JSON text of this record."""
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        """Pretty JSON text of this record, with the digest of its class list as it is now."""
+        return json.dumps({**asdict(self), "classes_sha256": classes_sha256(self.classes)}, indent=2, sort_keys=True)
 
     def check_matches(
         self,
@@ -89,6 +92,11 @@ class BetonMetadata:
                 f"beton for split {self.split!r} has {len(self.classes)} classes that differ from the "
                 f"{len(classes)} requested ones; rewrite it from the same train/ folder"
             )
+
+
+def classes_sha256(classes: Sequence[str]) -> str:
+    """Hex SHA-256 of a class list (its JSON text): order and spelling both count."""
+    return hashlib.sha256(json.dumps(list(classes)).encode()).hexdigest()
 
 
 def sidecar_path(beton: str | os.PathLike) -> Path:
@@ -125,7 +133,12 @@ def read_metadata(beton: str | os.PathLike) -> BetonMetadata:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise BetonMismatchError(f"{path} has format {found!r}, expected {FORMAT!r}")
     _check_keys(path, data)
-    return BetonMetadata(**data)
+    meta = BetonMetadata(**data)
+    if meta.classes_sha256 and classes_sha256(meta.classes) != meta.classes_sha256:
+        raise SidecarError(f"{path}: its class list does not match the digest written with it (classes_sha256): "
+                           f"the sidecar was edited or damaged, and labels would name the wrong classes; rewrite the "
+                           f"beton with `jit-ffcv write --force`")
+    return meta
 
 
 def _check_keys(path: Path, data: dict[str, Any]) -> None:

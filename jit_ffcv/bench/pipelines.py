@@ -175,7 +175,8 @@ def _ffcv_epochs(cfg: dict[str, Any], first: FirstBatch) -> Callable[[int], int]
     first.begin()
     loader = Loader(cfg["beton"], batch_size=cfg["batch_size"], num_workers=cfg["workers"], os_cache=True,
                     order=OrderOption.QUASI_RANDOM, seed=0, drop_last=True,
-                    pipelines={"image": image, "label": [IntDecoder(), ToTensor(), Squeeze()], "index": None})
+                    pipelines={"image": image, "label": [IntDecoder(), ToTensor(), Squeeze()], "index": None,
+                               "checksum": None})
     return lambda e: _count(loader, first)
 
 

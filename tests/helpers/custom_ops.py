@@ -60,7 +60,8 @@ def run_epochs(path: Path, pipeline: list[Operation], cell: EpochCell, workers: 
                 epochs: list[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """All images and labels of each epoch, SEQUENTIAL order, batch 8 (last batch partial)."""
     loader = Loader(str(path), batch_size=8, num_workers=workers, order=OrderOption.SEQUENTIAL,
-                    drop_last=False, pipelines={"image": pipeline, "label": [IntDecoder()], "index": None})
+                    drop_last=False,
+                    pipelines={"image": pipeline, "label": [IntDecoder()], "index": None, "checksum": None})
     out = {}
     for epoch in epochs:
         cell.set(epoch)

@@ -45,7 +45,7 @@ def read_beton(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     n = int(Reader(str(path)).num_samples)
     loader = Loader(
         str(path), batch_size=n, num_workers=1, order=OrderOption.SEQUENTIAL, drop_last=False,
-        pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()], "index": None},
+        pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()], "index": None, "checksum": None},
     )
     (images, labels), = list(loader)
     return np.array(images), np.array(labels).reshape(-1)

@@ -28,7 +28,8 @@ def make_loader(beton: str) -> JiTLoader:
     """Sequential, one thread, batches of 4: labels come out in stored order."""
     return JiTLoader(beton, batch_size=BATCH, num_workers=1, order=SequentialOrder(), drop_last=False,
                      batches_ahead=2,
-                     pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()], "index": None})
+                     pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()], "index": None,
+                                "checksum": None})
 
 
 def labels(batches: Any) -> list[int]:
