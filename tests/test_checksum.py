@@ -242,3 +242,17 @@ def test_the_cost_benchmark_runs(synthetic: SyntheticFolder) -> None:
     assert len(lines) == 3 and lines[0].startswith(f"source: {synthetic.root / 'train'}; 1 runs each")
     assert [line.split(":")[0] for line in lines[1:]] == ["  32 px jpg", "  32 px raw"]
     assert all("% of decode" in line for line in lines[1:])
+
+
+def test_a_hand_built_loader_verifies_and_never_outputs_the_checksum(raw_beton: Path, tmp_path: Path) -> None:
+    """Without bind_checksums or a "checksum" pipeline: the loader binds them itself, batches stay (image, label)."""
+    beton = damaged_copy(raw_beton, tmp_path, SMALL * SMALL * 3 // 2, 1)
+    loader = JiTLoader(str(beton), batch_size=8, num_workers=2, order=SequentialOrder(), drop_last=False,
+                       pin_memory=False, pipelines={"image": [FlipDecoder(flip_prob=0.0)], "label": [IntDecoder()],
+                                                    "index": None})
+    assert checksum_failure(loader).startswith(f"sample {DAMAGED} of {beton}: ")
+    good = JiTLoader(str(raw_beton), batch_size=8, num_workers=2, order=SequentialOrder(), drop_last=False,
+                     pin_memory=False, pipelines={"image": [FlipDecoder(flip_prob=0.0)], "label": [IntDecoder()],
+                                                  "index": None})
+    assert all(len(batch) == 2 for batch in good)
+    assert np.array_equal(images_of(good), read_beton(raw_beton)[0])
