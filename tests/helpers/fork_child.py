@@ -25,8 +25,8 @@ CHILD_TIMEOUT_S = 30.0
 
 
 def make_loader(beton: str) -> JiTLoader:
-    """Sequential, one thread, batches of 4: labels come out in stored order."""
-    return JiTLoader(beton, batch_size=BATCH, num_workers=1, order=SequentialOrder(), drop_last=False,
+    """Sequential, two decoding threads, batches of 4: labels come out in stored order."""
+    return JiTLoader(beton, batch_size=BATCH, num_workers=2, order=SequentialOrder(), drop_last=False,
                      batches_ahead=2,
                      pipelines={"image": [SimpleRGBImageDecoder()], "label": [IntDecoder()], "index": None,
                                 "checksum": None})
