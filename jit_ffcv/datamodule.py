@@ -12,8 +12,6 @@ feeds its model).
 from __future__ import annotations
 
 import argparse
-import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,61 +19,24 @@ import lightning.pytorch as pl
 import numba
 import torch
 
+from jit_ffcv.assembly import World, dataset_info, order_for, tensor_ops, world_of
 from jit_ffcv.betons import Betons
 from jit_ffcv.checksum import bind_checksums
-from jit_ffcv.gpu_decode import BatchDecoder, GpuDecodeLoader, NvImageCodecDecoder, check_cuda, load_nvimgcodec
+from jit_ffcv.dm_options import checked_options
+from jit_ffcv.gpu_decode import BatchDecoder, GpuDecodeLoader, NvImageCodecDecoder
 from jit_ffcv.gpu_gather import GatherJpegBytes, max_payload_bytes
-from jit_ffcv.jpeg import decode_flags
 from jit_ffcv.loader import JiTLoader
 from jit_ffcv.mixing import warn_if_folder_order
-from jit_ffcv.ops import SEED_LIMIT, EpochCell, FlipDecoder, ToUnitRange, nchw_ops
-from jit_ffcv.order import KINDS, samples_per_rank
-from jit_ffcv.traversal import QuasiRandomOrder, RandomOrder, SequentialOrder, ShardedOrder
+from jit_ffcv.ops import EpochCell, FlipDecoder, nchw_ops
 from writers.beton import DEFAULT_QUALITY
-from writers.checks import flag, int_at_least, int_in_range, one_of, probability
 from writers.crop import center_crop_arr
-from writers.encode import MODES
-from writers.ffcv_api import IntDecoder, Operation, Squeeze, ToDevice, ToTensor, ToTorchImage
+from writers.ffcv_api import Operation
 from writers.metadata import BetonMetadata
 from writers.output import beton_name, default_beton_dir
 
 __all__ = ["JiTDataModule", "create_jit_datamodule", "center_crop_arr", "beton_name"]
 
-log = logging.getLogger("jit_ffcv.datamodule")
-
 Order = Literal["quasi_random", "random", "sequential"]
-_ORDERS = {"quasi_random": QuasiRandomOrder, "random": RandomOrder, "sequential": SequentialOrder}
-_OUTPUTS = ("uint8", "float")
-
-
-@dataclass(frozen=True)
-class _World:
-    num_replicas: int
-    rank: int
-
-
-DECODE_DEVICES = ("cpu", "cuda")
-GPU_BACKENDS = ("auto", "hardware", "cuda")
-
-
-def check_gpu_decode(mode: str, device: str | None) -> None:
-    """GPU decoding needs jpg betons, nvImageCodec and CUDA: one line saying which is missing."""
-    if mode != "jpg":
-        raise ValueError(f"decode_device='cuda' decodes stored JPEGs: it needs mode='jpg', got mode={mode!r}")
-    load_nvimgcodec()
-    check_cuda(torch.device(device or "cuda"))
-
-
-def check_device(device: Any) -> None:
-    """A device torch understands, and CUDA only where CUDA is present (else one line saying what to pass)."""
-    if device is None:
-        return
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda:0', got {device!r} ({error})") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available in this process; pass device='cpu' or None")
 
 
 class JiTDataModule(pl.LightningDataModule):
@@ -155,39 +116,8 @@ class JiTDataModule(pl.LightningDataModule):
         verify_checksums: bool | None = None,
     ) -> None:
         super().__init__()
-        img_size = int_at_least("img_size", img_size, 32)
-        batch_size = int_at_least("batch_size", batch_size, 1)
-        num_workers = int_at_least("num_workers", num_workers, 0)
-        batches_ahead = int_at_least("batches_ahead", batches_ahead, 1)
-        seed = int_in_range("seed", seed, 0, SEED_LIMIT)
-        one_of("mode", mode, MODES)
-        one_of("order", order, KINDS)
-        one_of("output", output, _OUTPUTS)
-        if mode == "jpg":
-            quality = int_in_range("quality", quality, 1, 101)
-        flip_prob = probability("flip_prob", flip_prob)
-        decode_flags(jpeg_decode)
-        if num_replicas is not None:
-            num_replicas = int_at_least("num_replicas", num_replicas, 1)
-        if rank is not None:
-            rank = (int_at_least("rank", rank, 0) if num_replicas is None
-                    else int_in_range("rank", rank, 0, num_replicas, high_name="num_replicas"))
-        if write_workers is not None:
-            write_workers = int_at_least("write_workers", write_workers, 0)
-        if buffer_pages is not None:
-            buffer_pages = int_at_least("buffer_pages", buffer_pages, 1)
-        pin_memory, os_cache, drop_last = flag("pin_memory", pin_memory), flag("os_cache", os_cache), flag(
-            "drop_last", drop_last)
-        sampler_drop_last, channels_last = flag("sampler_drop_last", sampler_drop_last), flag(
-            "channels_last", channels_last)
-        check_device(device)
-        one_of("decode_device", decode_device, DECODE_DEVICES)
-        one_of("gpu_backend", gpu_backend, GPU_BACKENDS)
-        if decode_device == "cuda":
-            check_gpu_decode(mode, device)
-        if verify_checksums is not None:
-            verify_checksums = flag("verify_checksums", verify_checksums)
-        self.save_hyperparameters()  # the checked values above: every option is read from self.hparams
+        options = {name: value for name, value in locals().items() if name not in ("self", "__class__")}
+        self.save_hyperparameters(checked_options(options))  # every option is read from self.hparams, checked
         self._explicit = {"train": Path(train_beton) if train_beton else None,
                           "val": Path(val_beton) if val_beton else None}
         self._paths: dict[str, Path] = {}  # betons opened by setup()
@@ -243,18 +173,9 @@ class JiTDataModule(pl.LightningDataModule):
             self._paths[split] = path
 
     # ------------------------------------------------------------------ world
-    def _world(self) -> _World:
+    def _world(self) -> World:
         """Explicit arguments win, else torch.distributed, else the attached Trainer, else 1 process."""
-        world, rank = 1, 0
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
-        elif self.trainer is not None:
-            world, rank = self.trainer.world_size, self.trainer.global_rank
-        world = self.hparams.num_replicas if self.hparams.num_replicas is not None else world
-        rank = self.hparams.rank if self.hparams.rank is not None else rank
-        if not 0 <= rank < world:
-            raise ValueError(f"rank {rank} is outside [0, num_replicas={world})")
-        return _World(world, rank)
+        return world_of(self.hparams, self.trainer)
 
     def _target_device(self) -> torch.device | None:
         """Device the batches end on; ``None`` keeps uint8 batches on the CPU."""
@@ -296,38 +217,11 @@ class JiTDataModule(pl.LightningDataModule):
         ops = self.train_image_ops() if train else self.val_image_ops()
         return ops if self.hparams.channels_last else nchw_ops(ops)  # CHW by the decoder if alone, else ToCHW
 
-    def _tensor_ops(self) -> tuple[list[Operation], list[Operation]]:
-        """Ops appended to the image and label pipelines: NCHW, to tensor, device, range; labels (B,)."""
-        device = self._target_device()
-        image: list[Operation] = (
-            [ToTensor(), ToTorchImage(channels_last=True)] if self.hparams.channels_last else [ToTensor()]  # _loader
-        )
-        label: list[Operation] = [IntDecoder(), ToTensor(), Squeeze(1)]  # (B, 1) -> (B,), also for B = 1
-        if self.hparams.decode_device == "cuda":
-            return [], label  # the gathered bytes stay on the CPU; GpuDecodeLoader decodes them on the GPU
-        if device is not None and device.type != "cpu":
-            image.append(ToDevice(device, non_blocking=True))
-            label.append(ToDevice(device, non_blocking=True))
-        if self.hparams.output == "float":
-            image.append(ToUnitRange())
-        return image, label
-
-    def _order(self, train: bool) -> ShardedOrder:
-        """This rank's order: the configured one for train, sequential for val; sharded over the world."""
-        world = self._world()
-        kwargs: dict[str, Any] = {"num_replicas": world.num_replicas, "rank": world.rank}
-        if not train:
-            return SequentialOrder(**kwargs)
-        kwargs["drop_last"] = self.hparams.sampler_drop_last
-        if self.hparams.order == "quasi_random":
-            kwargs["buffer_pages"] = self.hparams.buffer_pages
-        return _ORDERS[self.hparams.order](**kwargs)
-
     def _loader(self, split: str, train: bool) -> JiTLoader | GpuDecodeLoader:
         if split not in self._meta:
             self.setup("fit")
-        order = self._order(train)
-        image_tail, label_ops = self._tensor_ops()
+        order = order_for(self.hparams, self._world(), train)
+        image_tail, label_ops = tensor_ops(self.hparams, self._target_device())
         loader = JiTLoader(
             str(self._paths[split]),
             batch_size=self.hparams.batch_size,
@@ -382,28 +276,7 @@ class JiTDataModule(pl.LightningDataModule):
         """Sizes and sharding of the data: num_samples, num_classes, class_names, per-rank counts."""
         if "train" not in self._meta:
             self.setup("fit")
-        meta = self._meta["train"]
-        world = self._world()
-        n = meta.num_samples
-        per_rank = samples_per_rank(n, world.num_replicas, self.hparams.sampler_drop_last)
-        batch = self.hparams.batch_size
-        batches = per_rank // batch if self.hparams.drop_last else -(-per_rank // batch)
-        info: dict[str, Any] = {
-            "num_samples": n,
-            "num_classes": meta.num_classes,
-            "class_names": list(meta.classes),
-            "img_size": self.hparams.img_size,
-            "mode": self.hparams.mode,
-            "num_replicas": world.num_replicas,
-            "rank": world.rank,
-            "samples_per_rank": per_rank,
-            "batches_per_rank": batches,
-            "train_beton": str(self._paths["train"]),
-        }
-        if "val" in self._meta:
-            info["val_num_samples"] = self._meta["val"].num_samples
-            info["val_beton"] = str(self._paths["val"])
-        return info
+        return dataset_info(self.hparams, self._world(), self._meta, self._paths)
 
 
 def create_jit_datamodule(args: argparse.Namespace, **overrides: Any) -> JiTDataModule:

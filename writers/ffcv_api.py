@@ -5,14 +5,10 @@ FFCV's own import runs (a test and ruff's banned-api rule keep every other modul
 ``ffcv``). :data:`TOUCH_POINTS` names each FFCV internal we rely on beyond its documented
 API; ``tests/test_ffcv_api.py`` checks each of them against :data:`FFCV_VERSION`.
 
-Torch's threads: FFCV's ``Compiler.set_num_threads`` sets numba's thread count (which decoding
-
-FFCV's ``Compiler.set_num_threads`` sets numba's thread count (which decoding
-needs) and torch's intra-op thread count (which it does not): to 1 when FFCV is
-first imported, then to ``num_workers`` at every ``Loader`` construction and
-epoch. That silently changes how fast the user's own CPU-side torch code runs.
-Importing FFCV through this module keeps numba's behaviour and leaves torch's
-thread count as the user set it.
+Torch's threads: FFCV's ``Compiler.set_num_threads`` sets numba's thread count and torch's
+intra-op thread count (which decoding does not need): to 1 when FFCV is first imported, then
+to ``num_workers`` at every ``Loader`` construction and epoch, silently changing how fast the
+user's own CPU-side torch code runs. Through this module torch's thread count stays as set.
 
 Numba's threading layer: this module also picks it before FFCV's import starts it: with one usable
 CPU, numba's TBB layer (chosen when libtbb is installed) hangs the process at exit once
