@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import json
 import os
 import shutil
 import signal
@@ -15,7 +17,17 @@ from pathlib import Path
 import pytest
 
 from jit_ffcv.synthetic import make_image_folder
-from tests.helpers.procs import ROOT, alive, children, is_tracker, kill_all, shm_segments, start, wait_for
+from tests.helpers.procs import (
+    ROOT,
+    alive,
+    children,
+    is_tracker,
+    kill_all,
+    named_workers,
+    shm_segments,
+    start,
+    wait_for,
+)
 from writers.beton import write_split
 from writers.lifecycle import SIGNALS, Terminated
 from writers.metadata import read_metadata, sidecar_path
@@ -74,8 +86,9 @@ def _start_writing(data: Path, out: Path, log: Path) -> tuple[subprocess.Popen, 
     workers: list[int] = []
 
     def writing() -> bool:
-        workers[:] = [p for p in children(proc.pid) if not is_tracker(p)]
-        return len(workers) == 2 and bool(list(out.parent.glob(f".{out.name}.*.partial")))
+        workers[:] = named_workers(proc.pid)  # the workers name themselves (ps, top)
+        others = [p for p in children(proc.pid) if not is_tracker(p) and p not in workers]
+        return len(workers) == 2 and not others and bool(list(out.parent.glob(f".{out.name}.*.partial")))
 
     try:
         wait_for(writing, 120, "the writer's 2 workers and its partial file")
@@ -119,6 +132,17 @@ def test_sigterm_cleans_up_like_ctrl_c(data: Path, tmp_path: Path) -> None:
     assert os.listdir(out.parent) == []  # no beton, sidecar, partial or lock
 
 
+def test_ctrl_c_while_the_bar_draws_its_last_line_gets_a_line_of_its_own(tmp_path: Path) -> None:
+    # the bar's close() used to be cut between its last line and the newline: 'interrupted' joined the bar
+    out = subprocess.run([sys.executable, "-m", "tests.helpers.bar_interrupt", str(tmp_path)], cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["status"] == 130 and not result["published"]
+    assert result["stderr"].replace("\r", "\n").splitlines()[-1] == "jit-ffcv: interrupted"
+    assert "100%" in result["stderr"]  # the signal did land as the bar finished
+
+
 @pytest.mark.parametrize("rep", REPEAT)
 @pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
 def test_signal_while_the_workers_start_reaches_the_caller(data: Path, tmp_path: Path,
@@ -135,6 +159,38 @@ def test_signal_while_the_workers_start_reaches_the_caller(data: Path, tmp_path:
         write_split(data, "train", out, img_size=32, mode="raw", num_workers=2, progress=False)
     assert len(forked) == 2 and not any(alive(pid) for pid in forked)
     assert os.listdir(out.parent) == []  # no beton, sidecar, partial or lock
+
+
+@pytest.mark.parametrize("rep", REPEAT)
+def test_signal_as_the_beton_file_is_made_releases_its_shared_memory(data: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     rep: int) -> None:
+    """A SIGINT the moment the partial beton exists: it is aborted (views, segment, file), nothing is left.
+
+    Unfixed, the exception left partial_beton before its cleanup was set up; the dropped file's shared
+    memory was then closed by its __del__ under live views: "Exception ignored ... BufferError".
+    """
+    import writers.beton_file
+
+    made = []
+
+    class SignalledBetonFile(writers.beton_file.BetonFile):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(1000))  # bytecode for the handler to run in
+
+    ignored: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", ignored.append)
+    monkeypatch.setattr(writers.beton_file, "BetonFile", SignalledBetonFile)
+    out = tmp_path / "out" / "train.beton"
+    with pytest.raises(KeyboardInterrupt):
+        write_split(data, "train", out, img_size=32, mode="raw", num_workers=1, progress=False)
+    gc.collect()
+    assert ignored == []
+    assert len(made) == 1 and made[0].metadata is None and made[0].writer.metadata_sm._mmap is None  # closed
+    assert os.listdir(out.parent) == []
 
 
 def _signal_after_first_fork(monkeypatch: pytest.MonkeyPatch, send: Callable[[], None]) -> list[int]:

@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
-from contextlib import closing
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
@@ -23,7 +23,7 @@ from tqdm import tqdm
 from writers import __version__
 from writers.beton_file import partial_beton
 from writers.folder import FolderScan, find_classes, scan_split
-from writers.lifecycle import check_signals, signals_guarded
+from writers.lifecycle import check_signals, critical, signals_guarded
 from writers.lock import WriteLock
 from writers.metadata import BetonMetadata, file_sha256, read_metadata, sidecar_path
 from writers.options import DEFAULT_QUALITY, validate_options
@@ -125,7 +125,7 @@ def _write_beton(
     with partial_beton(out, max(len(tasks), 1), mode, quality) as beton:
         start = time.perf_counter()  # after FFCV's import and the file header: time spent on images
         desc = f"write {split} {img_size}px {mode}"
-        with tqdm(total=len(tasks), unit="img", desc=desc, disable=not progress) as bar, \
+        with _progress_bar(len(tasks), desc, progress) as bar, \
                 closing(encoded_in_order(tasks, img_size, mode, quality, num_workers)) as stream:
             for enc in stream:  # closing(): on any error its workers are killed before the cleanup below runs
                 bar.update(1)
@@ -163,6 +163,17 @@ def _write_beton(
     publish(beton.path, out, meta)
     _report_skipped(skipped, split, out)
     return meta
+
+
+@contextmanager
+def _progress_bar(total: int, desc: str, enabled: bool) -> Iterator[tqdm]:
+    """A tqdm bar whose last line a signal cannot cut short, so ``jit-ffcv: interrupted`` gets a line of its own."""
+    bar = tqdm(total=total, unit="img", desc=desc, disable=not enabled)
+    try:
+        yield bar
+    finally:
+        with critical():  # a signal here is raised once the bar's closing newline is written
+            bar.close()
 
 
 def _skip(path: str, error: str, strict: bool) -> dict[str, str]:

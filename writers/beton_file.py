@@ -161,15 +161,14 @@ def partial_beton(out: Path, capacity: int, mode: str, quality: int, index_field
                   checksum_field: bool = True, page_size: int | None = None) -> Iterator[BetonFile]:
     """A beton being written at ``out``'s hidden partial path: closed on success, deleted on failure."""
     partial = partial_path(out)
+    beton: BetonFile | None = None
     try:
-        beton = BetonFile(partial, capacity, mode, quality, index_field, checksum_field, page_size)
-    except BaseException:
-        remove_quietly(partial, "partial beton")
-        raise
-    try:
+        with critical():  # a signal is raised once ``beton`` holds the file, never between: abort() always runs
+            beton = BetonFile(partial, capacity, mode, quality, index_field, checksum_field, page_size)
         yield beton
         beton.close()
     except BaseException:
-        beton.abort()
+        if beton is not None:
+            beton.abort()  # dropped without it, the segment's __del__ meets live views: "Exception ignored"
         remove_quietly(partial, "partial beton")
         raise

@@ -42,6 +42,19 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def named_workers(pid: int) -> list[int]:
+    """Children of ``pid`` that named themselves writer workers (never the resource tracker, even before its exec)."""
+    from writers.lifecycle import WORKER_NAME
+
+    def name(child: int) -> str:
+        try:
+            return Path(f"/proc/{child}/comm").read_text().strip()
+        except OSError:
+            return ""
+
+    return [child for child in children(pid) if name(child) == WORKER_NAME]
+
+
 def writer_children(pid: int) -> list[int]:
     """Living children of ``pid`` except multiprocessing's resource tracker (FFCV's shared memory starts one)."""
     return [child for child in children(pid) if not is_tracker(child)]

@@ -7,14 +7,11 @@ import signal
 import time
 from pathlib import Path
 
-from tests.helpers.procs import alive, is_tracker  # noqa: F401 - re-exported for the stress harness
+from tests.helpers.procs import alive, is_tracker, named_workers  # noqa: F401 - re-exported for the harness
 from tests.helpers.procs import writer_children as children  # noqa: F401
 
 #: Seconds a signalled writer has to exit.
 EXIT_LIMIT = 5.0
-
-
-
 
 
 def stderr_lines(err: Path) -> list[str]:

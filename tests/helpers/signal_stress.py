@@ -2,7 +2,9 @@
 
 ``python -m tests.helpers.signal_stress --deliveries 200`` (``make stress``). Each run writes a small
 synthetic ImageFolder with 2 workers; one signal is delivered per run, round-robin over the cases
-(SIGTERM to the process or its group, SIGINT to the process or its group, SIGKILL to one worker)
+(SIGTERM to the process or its group, SIGINT to the process or its group, SIGKILL to one worker:
+a child named ``jit-ffcv-write``, never multiprocessing's resource tracker, which looks like the
+writer until its exec)
 and the phases (start-up: from the command's start to its first encoded image; mid-write: to the
 start of publishing; publish: while the sidecar and beton are renamed, slowed down to 0.1 s per
 rename so a signal can land there). Runs are forks of this process, which imported everything
@@ -33,7 +35,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.signal_checks import EXIT_LIMIT, check, children, stderr_lines
+from tests.helpers.signal_checks import EXIT_LIMIT, check, children, named_workers, stderr_lines
 
 KINDS = ("term-process", "term-group", "int-process", "int-group", "kill-worker")
 PHASES = ("start-up", "mid-write", "publish")
@@ -125,9 +127,10 @@ def _deliver(kind: str, pid: int, rng: random.Random) -> tuple[bool, list[int]]:
     workers = children(pid)
     try:
         if kind == "kill-worker":
-            if not workers:
+            named = named_workers(pid)  # a child not named yet may be the resource tracker before its exec
+            if not named:
                 return False, workers
-            os.kill(rng.choice(workers), signal.SIGKILL)
+            os.kill(rng.choice(named), signal.SIGKILL)
         elif kind.endswith("group"):
             os.killpg(pid, signal.SIGTERM if kind.startswith("term") else signal.SIGINT)
         else:
@@ -151,9 +154,9 @@ def _run(kind: str, phase: str, data: Path, work: Path, n: int, timing: dict[str
     os.close(report)
     seen = bytearray()
     try:
-        if kind == "kill-worker" and phase == "start-up":  # the first moment a worker exists
+        if kind == "kill-worker" and phase == "start-up":  # the first moment a worker has named itself
             deadline = time.monotonic() + 60
-            while not children(pid) and time.monotonic() < deadline and _wait_exit(pid, 0) is None:
+            while not named_workers(pid) and time.monotonic() < deadline and _wait_exit(pid, 0) is None:
                 time.sleep(0.001)
         elif phase == "start-up":
             time.sleep(rng.uniform(0, timing["W"]))
@@ -169,6 +172,8 @@ def _run(kind: str, phase: str, data: Path, work: Path, n: int, timing: dict[str
             os.killpg(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         problems = check(kind, status, stderr_lines(err), out, workers, IMAGES)
+        if problems:
+            problems.append("stderr's end: " + repr(err.read_text(errors="replace")[-240:]))
         return ("late" if not delivered and not problems else "failed" if problems else "clean"), problems
     finally:
         os.close(read)
