@@ -50,6 +50,7 @@ lint: install
 stress: install
 	$(PY) -m tests.helpers.signal_stress --deliveries 200 --cold 10
 	$(PY) -m tests.helpers.engine_stress --trials 1000
+	$(PY) -m tests.helpers.exit_stress --runs 200
 
 demo: install
 	$(VENV)/bin/jit-ffcv demo

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import weakref
 from queue import Queue
-from threading import Event, Thread
+from threading import Event, Thread, current_thread
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -40,26 +40,33 @@ class DecodeThread(Thread):
 class DecodeThreads:
     """A loader's decoding threads, for the loader's lifetime; every one of them works on each submitted epoch.
 
-    It holds no reference to the loader, and its threads exit once the loader is garbage-collected
-    (or :meth:`stop` is called), so loaders that are dropped leave no thread.
+    It holds no reference to the loader, and its threads exit once the loader is garbage-collected, or at
+    interpreter exit (both close the running epoch and wait for the threads: a daemon thread still exiting
+    while the interpreter finalizes aborts the process, "terminate called without an active exception",
+    seen in 22 of 100 exits of a loaded 2-core box with 3 threads).
     """
+
+    #: seconds to wait for each thread when the loader is collected or the interpreter exits
+    JOIN_TIMEOUT_S = 10.0
 
     def __init__(self, owner: object, count: int) -> None:
         self.pid = os.getpid()  # a forked child inherits this object but not the threads
         self._jobs: Queue[Epoch | None] = Queue()
         self.threads = [DecodeThread(self._jobs, number) for number in range(count)]
-        weakref.finalize(owner, _stop, self._jobs, count)
+        self._running: list[weakref.ref[Epoch]] = []  # the last submitted epoch, weakly (it refers to the loader)
+        weakref.finalize(owner, _stop, self._jobs, self.threads, self._running, self.JOIN_TIMEOUT_S)
         for thread in self.threads:
             thread.start()
 
     def submit(self, epoch: Epoch) -> None:
         """Have every thread work on ``epoch`` once the epochs submitted before it are done."""
+        self._running[:] = [weakref.ref(epoch)]
         for _ in self.threads:
             self._jobs.put(epoch)
 
     def stop(self) -> None:
-        """Let the threads exit once the submitted epochs have run."""
-        _stop(self._jobs, len(self.threads))
+        """Let the threads exit once the submitted epochs have run (without waiting: one may be stuck)."""
+        _stop(self._jobs, self.threads, [], 0.0)
 
     def is_alive(self) -> bool:
         """True while every thread runs."""
@@ -70,6 +77,15 @@ class DecodeThreads:
         return any(thread.busy.is_set() for thread in self.threads)
 
 
-def _stop(jobs: Queue[Epoch | None], count: int) -> None:
-    for _ in range(count):
+def _stop(jobs: Queue[Epoch | None], threads: list[DecodeThread], running: list[weakref.ref[Epoch]],
+          timeout: float) -> None:
+    """Close the running epoch (if any), tell every thread to exit, and wait up to ``timeout`` s for each."""
+    epoch = running[0]() if running else None
+    if epoch is not None:
+        epoch.close()
+    del epoch
+    for _ in threads:
         jobs.put(None)
+    for thread in threads:
+        if thread is not current_thread() and thread.is_alive():
+            thread.join(timeout)
