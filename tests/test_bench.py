@@ -56,7 +56,7 @@ def test_bench_end_to_end(tiny_dataset: Path, tmp_path: Path, capsys: pytest.Cap
     assert "img/s (1 thread, each its own slice of the stored payloads, accurate decode at the same time); " \
            "one core × 1 = " in data["notes"][1]
     assert data["notes"][3].startswith("64px jpg90: one core's fast-IDCT decode (opt-in, biased) ")
-    assert "64px (one thread decodes a batch in " in data["notes"][4]
+    assert "64px (T = " in data["notes"][4] and "ms per batch for one thread)" in data["notes"][4]
     assert all(len(r["rounds"]) == 1 and len(r["first_batch_rounds"]) == 1 for r in data["results"])
     assert [len(r["limit_rounds"]) for r in data["results"]] == [0, 1, 1]
     text = readme.read_text()

@@ -67,7 +67,7 @@ def train_beton(synthetic: SyntheticFolder, tmp_path_factory: pytest.TempPathFac
 
 def make_dm(synthetic: SyntheticFolder, beton: Path) -> JiTDataModule:
     """Val reads the train beton (20 samples, same classes): more val batches than the 4 slots."""
-    return JiTDataModule(str(synthetic.root), img_size=64, batch_size=B, num_workers=1, mode="raw", seed=SEED,
+    return JiTDataModule(str(synthetic.root), img_size=64, batch_size=B, num_workers=2, mode="raw", seed=SEED,
                          flip_prob=FLIP, batches_ahead=1, train_beton=str(beton), val_beton=str(beton))
 
 

@@ -38,7 +38,7 @@ def reference(data: tuple[Path, Path]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def make_dm(data: tuple[Path, Path], world: int = 1, rank: int = 0, **kwargs: Any) -> JiTDataModule:
-    options: dict[str, Any] = dict(data_path=str(data[0]), img_size=64, batch_size=B, num_workers=1, mode="raw",
+    options: dict[str, Any] = dict(data_path=str(data[0]), img_size=64, batch_size=B, num_workers=2, mode="raw",
                                    beton_dir=str(data[1]), seed=SEED, flip_prob=FLIP, num_replicas=world, rank=rank)
     options.update(kwargs)
     return JiTDataModule(**options)

@@ -53,6 +53,7 @@ def fixed_note(fixed: Spread, batch_size: int, one_core: dict[int, float], threa
         now = ", ".join(f"N={n}: {100 * overlapped_efficiency(n, fixed.median, decode_s):.0f}%"
                         for n in estimate_threads)
         before = ", ".join(f"{100 * efficiency(n, fixed.median, decode_s):.0f}%" for n in estimate_threads)
-        parts.append(f"{size}px (T = {1000 * decode_s:,.0f} ms per batch for one thread): {now} "
+        digits = 0 if decode_s >= 0.01 else 2
+        parts.append(f"{size}px (T = {1000 * decode_s:,.{digits}f} ms per batch for one thread): {now} "
                      f"(one batch at a time: {before})")
     return "; ".join(parts) + "."

@@ -21,7 +21,7 @@ BATCH, SEED = 3, 5
 
 def main(data: str, beton_dir: str, out: str) -> None:
     dist.init_process_group("gloo")
-    dm = JiTDataModule(data_path=data, img_size=64, batch_size=BATCH, num_workers=1, mode="raw", write_workers=0,
+    dm = JiTDataModule(data_path=data, img_size=64, batch_size=BATCH, num_workers=2, mode="raw", write_workers=0,
                        beton_dir=beton_dir, seed=SEED, flip_prob=0.5)
     loader = dm.train_dataloader()
     order = list(loader.sampler)

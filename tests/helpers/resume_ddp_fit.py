@@ -41,7 +41,7 @@ class Recorder(pl.LightningModule):
 
 
 def main(data: str, beton_dir: str, out: str, ckpt_dir: str, ckpt_path: str | None = None) -> None:
-    dm = JiTDataModule(data_path=data, img_size=64, batch_size=BATCH, num_workers=1, mode="raw", write_workers=0,
+    dm = JiTDataModule(data_path=data, img_size=64, batch_size=BATCH, num_workers=2, mode="raw", write_workers=0,
                        beton_dir=beton_dir, seed=SEED, flip_prob=FLIP)
     callbacks = [] if ckpt_path else [ModelCheckpoint(dirpath=ckpt_dir, filename="{step}", every_n_train_steps=1,
                                                       save_top_k=-1)]
