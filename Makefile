@@ -46,7 +46,7 @@ lint: install
 	$(VENV)/bin/ruff check jit_ffcv writers tests examples
 
 # The writer under signals: 200 signals at random moments (SIGTERM/SIGINT to the process or its group,
-# SIGKILL to one worker; start-up, mid-write, publish) and 10 cold starts; prints a table per case (~10 min).
+# SIGKILL to one worker; start-up, mid-write, publish) and 10 cold starts; prints a table per case; then the engine and exit stress tests (~25 min in all).
 stress: install
 	$(PY) -m tests.helpers.signal_stress --deliveries 200 --cold 10
 	$(PY) -m tests.helpers.engine_stress --trials 1000
