@@ -15,14 +15,11 @@ import torch
 
 from jit_ffcv.ops import ToUnitRange
 from jit_ffcv.order import samples_per_rank
-from jit_ffcv.traversal import QuasiRandomOrder, RandomOrder, SequentialOrder, ShardedOrder
+from jit_ffcv.traversal import SequentialOrder, ShardedOrder, make_order
 from writers.ffcv_api import IntDecoder, Operation, Squeeze, ToDevice, ToTensor, ToTorchImage
 from writers.metadata import BetonMetadata
 
-__all__ = ["ORDERS", "World", "dataset_info", "order_for", "tensor_ops", "world_of"]
-
-ORDERS = {"quasi_random": QuasiRandomOrder, "random": RandomOrder, "sequential": SequentialOrder}
-
+__all__ = ["World", "dataset_info", "order_for", "tensor_ops", "world_of"]
 
 @dataclass(frozen=True)
 class World:
@@ -48,13 +45,10 @@ def world_of(hparams: Mapping[str, Any], trainer: Any) -> World:
 
 def order_for(hparams: Mapping[str, Any], world: World, train: bool) -> ShardedOrder:
     """This rank's order: the configured one for train, sequential for val; sharded over the world."""
-    kwargs: dict[str, Any] = {"num_replicas": world.num_replicas, "rank": world.rank}
     if not train:
-        return SequentialOrder(**kwargs)
-    kwargs["drop_last"] = hparams["sampler_drop_last"]
-    if hparams["order"] == "quasi_random":
-        kwargs["buffer_pages"] = hparams["buffer_pages"]
-    return ORDERS[hparams["order"]](**kwargs)
+        return SequentialOrder(num_replicas=world.num_replicas, rank=world.rank)
+    return make_order(hparams["order"], num_replicas=world.num_replicas, rank=world.rank,
+                      drop_last=hparams["sampler_drop_last"], buffer_pages=hparams["buffer_pages"])
 
 
 def tensor_ops(hparams: Mapping[str, Any], device: torch.device | None) -> tuple[list[Operation], list[Operation]]:

@@ -21,6 +21,7 @@ __all__ = ["DECODE_DEVICES", "GPU_BACKENDS", "OUTPUTS", "check_device", "check_g
 OUTPUTS = ("uint8", "float")
 DECODE_DEVICES = ("cpu", "cuda")
 GPU_BACKENDS = ("auto", "hardware", "cuda")
+_OPTIONAL_COUNTS = {"write_workers": 0, "buffer_pages": 1}  # None: chosen later; else at least this
 _FLAGS = ("pin_memory", "os_cache", "drop_last", "sampler_drop_last", "channels_last")
 
 
@@ -64,9 +65,9 @@ def checked_options(options: dict[str, Any]) -> dict[str, Any]:
     if o["rank"] is not None:
         o["rank"] = (int_at_least("rank", o["rank"], 0) if o["num_replicas"] is None
                      else int_in_range("rank", o["rank"], 0, o["num_replicas"], high_name="num_replicas"))
-    for name in ("write_workers", "buffer_pages"):
+    for name, low in _OPTIONAL_COUNTS.items():
         if o[name] is not None:
-            o[name] = int_at_least(name, o[name], 0 if name == "write_workers" else 1)
+            o[name] = int_at_least(name, o[name], low)
     for name in _FLAGS:
         o[name] = flag(name, o[name])
     check_device(o["device"])

@@ -55,14 +55,12 @@ class TracedSample:
 
 
 def _order(options: TraceOptions) -> Any:
-    from jit_ffcv.traversal import QuasiRandomOrder, RandomOrder, SequentialOrder
+    from jit_ffcv.traversal import ORDERS, make_order
 
-    kinds = {"quasi_random": QuasiRandomOrder, "random": RandomOrder, "sequential": SequentialOrder}
-    if options.order not in kinds:
-        raise ValueError(f"--order must be one of {sorted(kinds)}, got {options.order!r}")
-    extra = {"buffer_pages": options.buffer_pages} if options.order == "quasi_random" else {}
-    return kinds[options.order](num_replicas=options.world_size, rank=options.rank,
-                                drop_last=options.sampler_drop_last, **extra)
+    if options.order not in ORDERS:
+        raise ValueError(f"--order must be one of {sorted(ORDERS)}, got {options.order!r}")
+    return make_order(options.order, num_replicas=options.world_size, rank=options.rank,
+                      drop_last=options.sampler_drop_last, buffer_pages=options.buffer_pages)
 
 
 def _pipelines(beton: str | Path, **wanted: Any) -> dict[str, Any]:

@@ -19,7 +19,8 @@ from writers.ffcv_api import TraversalOrder
 if TYPE_CHECKING:
     from writers.ffcv_api import Loader
 
-__all__ = ["ShardedOrder", "QuasiRandomOrder", "RandomOrder", "SequentialOrder", "reader_sample_pages"]
+__all__ = ["ShardedOrder", "QuasiRandomOrder", "RandomOrder", "SequentialOrder", "ORDERS", "make_order",
+           "reader_sample_pages"]
 
 _T = TypeVar("_T", bound="ShardedOrder")
 
@@ -136,3 +137,14 @@ class SequentialOrder(ShardedOrder):
     """Indices in their given order, sharded contiguously across ranks (e.g. for validation)."""
 
     kind: ClassVar[str] = "sequential"
+
+
+#: The order classes by their ``kind`` (the DataModule's and ``jit-ffcv trace``'s ``order`` option).
+ORDERS: dict[str, type[ShardedOrder]] = {cls.kind: cls for cls in (QuasiRandomOrder, RandomOrder, SequentialOrder)}
+
+
+def make_order(kind: str, *, num_replicas: int, rank: int, drop_last: bool,
+               buffer_pages: int | None = None) -> ShardedOrder:
+    """This rank's order of ``kind``; ``buffer_pages`` is quasi_random's own option (ignored by the others)."""
+    extra = {"buffer_pages": buffer_pages} if kind == "quasi_random" else {}
+    return ORDERS[kind](num_replicas=num_replicas, rank=rank, drop_last=drop_last, **extra)
